@@ -1,0 +1,168 @@
+//! Make pipelines and workers survive failure.
+//!
+//! `recovery` retries what failed for a passing reason, with policies
+//! declared in source and checked by the compiler:
+//!
+//! ```
+//! use recovery::retryable;
+//!
+//! #[derive(Debug)]
+//! struct FetchError(&'static str);
+//! impl std::fmt::Display for FetchError {
+//!     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+//!         f.write_str(self.0)
+//!     }
+//! }
+//!
+//! #[retryable(max_attempts = 5, base = "1ms", jitter)]
+//! fn fetch_index(tries: &mut u32) -> Result<&'static str, FetchError> {
+//!     *tries += 1;
+//!     if *tries < 3 { Err(FetchError("connection reset")) } else { Ok("index") }
+//! }
+//!
+//! let mut tries = 0;
+//! assert_eq!(fetch_index(&mut tries).unwrap(), "index");
+//! assert_eq!(tries, 3);
+//! ```
+//!
+//! - [`retryable`] turns a function into a retrying one; every bad
+//!   configuration is a compile error that says what to write instead.
+//! - [`RetryPolicy`] and [`Backoff`] are the same policies as values, for
+//!   [`retry`] / [`retry_async`] or your own loop.
+//! - [`Classify`] lets an error say whether it is transient and how long to
+//!   wait; it is implemented for [`std::io::Error`].
+//! - [`Context`] routes [`Event`]s and [`IssueRecord`]s to an [`Observer`],
+//!   and offers virtual time ([`VirtualClock`]) for tests.
+//!
+//! # Cost
+//! A call that succeeds the first time allocates nothing, draws no random
+//! number and reads no clock (unless the policy has `max_elapsed`, whose
+//! deadline starts with the first attempt).
+
+mod backoff;
+mod classify;
+mod context;
+mod event;
+mod issue;
+mod policy;
+mod retry;
+
+pub use backoff::{Backoff, DEFAULT_BASE, DEFAULT_MAX_DELAY, DEFAULT_MULTIPLIER, Jitter, Schedule};
+pub use classify::{Classify, Decision, IntoDecision};
+pub use context::{
+    Context, ContextBuilder, GlobalAlreadySet, Observer, Recorder, Scoped, Sleep, Sleeper,
+    VirtualClock, WithContext,
+};
+pub use event::Event;
+pub use issue::{IssueCode, IssueRecord, Severity};
+pub use policy::{DEFAULT_MAX_ATTEMPTS, RetryPolicy};
+pub use retry::{Retrier, retry, retry_async};
+
+/// Retries a function when it returns `Err`.
+///
+/// ```
+/// # use recovery::retryable;
+/// #[retryable(max_attempts = 4, base = "10ms", max_delay = "1s", jitter = "equal",
+///             when = recovery::Classify::classify)]
+/// fn read_config(path: &std::path::Path) -> std::io::Result<String> {
+///     std::fs::read_to_string(path)
+/// }
+/// // NotFound is permanent for io::Error: one call, no waiting.
+/// assert!(read_config("/no/such/file".as_ref()).is_err());
+/// ```
+///
+/// # Keys
+/// | key | value | default |
+/// |---|---|---|
+/// | `max_attempts` | integer ≥ 1: every call, the first included | `3` |
+/// | `base` | duration: the first delay | `"100ms"` |
+/// | `multiplier` | number ≥ 1: growth per retry | `2` |
+/// | `max_delay` | duration ≥ `base`: cap on every delay, after jitter | `"30s"` (or `base`) |
+/// | `max_elapsed` | duration ≥ `base`: deadline from the first attempt's start | none |
+/// | `jitter` | bare (= `"full"`), `"none"`, `"full"`, `"equal"`, `"decorrelated"` | `"none"` |
+/// | `when` | path to `fn(&E) -> bool` or `fn(&E) -> Decision` | every `Err` retried |
+/// | `name` | string: the operation's name in events | the function's name |
+/// | `crate` | string: path to `recovery` if renamed | `"recovery"` |
+///
+/// Durations are strings such as `"500us"`, `"200ms"`, `"1.5s"`, `"2m"`,
+/// `"1h"`, parsed at compile time.
+///
+/// # What it accepts
+/// Sync and `async` free functions, inherent methods and trait-impl methods
+/// returning `Result<T, E>` (or an alias named `Result`, such as
+/// `io::Result<T>`), with `E: Display`. `&self`, `&mut self`, `&mut`
+/// arguments, generics, `impl Trait` arguments, `?` and early `return` all
+/// work: the body runs again in a loop inside the function. Each attempt
+/// gets a clone of every by-value argument (the last attempt gets the
+/// original), so those types must be `Clone`. `self` by value is refused.
+/// When every attempt fails, the last error is returned unchanged and an
+/// [`IssueRecord`] reports why the loop stopped.
+///
+/// # Limits
+/// A body that returns a borrow derived from a `&mut` argument may hit a
+/// known limit of the borrow checker (a borrow returned from one loop
+/// iteration); return an owned value or re-borrow after the call.
+/// Under `#[async_trait]` the method is already a boxed future when this
+/// attribute sees it and is refused: retry an inner `async fn` instead.
+pub use recovery_macros::retryable;
+
+/// Not public API: what the macros expand to. Changes without notice.
+#[doc(hidden)]
+pub mod __private {
+    pub use core::clone::Clone;
+    pub use core::mem::drop;
+    pub use core::option::Option::{self, None, Some};
+    pub use core::result::Result::{self, Err, Ok};
+    pub use core::time::Duration;
+
+    pub use crate::backoff::{Backoff, Jitter};
+    pub use crate::classify::{Decision, IntoDecision};
+    pub use crate::policy::RetryPolicy;
+    pub use crate::retry::Retrier;
+
+    /// The argument for one attempt: a clone, or the original on the last
+    /// attempt, which saves a clone (and its allocation) when there will be no
+    /// other attempt.
+    #[inline]
+    pub fn take_or_clone<T: RetryArgument>(slot: &mut Option<T>, last: bool) -> T {
+        match (last, slot.as_ref()) {
+            (false, Some(value)) => value.clone(),
+            _ => match slot.take() {
+                Some(value) => value,
+                // The loop never starts an attempt after the last one, so the
+                // slot is never empty here.
+                None => unreachable!("recovery: argument taken twice"),
+            },
+        }
+    }
+
+    /// The bound on by-value arguments, with a message that says why.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not `Clone`, so #[retryable] cannot hand a fresh copy to each attempt",
+        label = "this argument is passed by value to every attempt",
+        note = "derive or implement `Clone` for it, or take it by reference (`&{Self}`)"
+    )]
+    pub trait RetryArgument: Clone {}
+    impl<T: Clone> RetryArgument for T {}
+
+    /// Runs one attempt of a sync body. Typing the closure through this bound
+    /// (rather than a `-> T` annotation) lets elided lifetimes in `T` be
+    /// inferred, and tells `?` inside the body what to convert to.
+    #[inline(always)]
+    pub fn attempt<T, F: FnOnce() -> T>(body: F) -> T {
+        body()
+    }
+
+    /// Fixes the output type of an attempt's `async` block, so `?` inside it
+    /// knows what to convert to.
+    #[inline(always)]
+    pub fn attempt_future<T, F: core::future::Future<Output = T>>(future: F) -> F {
+        future
+    }
+
+    /// The default classifier: every error is transient.
+    #[inline(always)]
+    pub fn always_retry<E: ?Sized>(_: &E) -> Decision {
+        Decision::Retry
+    }
+}

@@ -1,0 +1,467 @@
+//! The retry loop's state: counts attempts, classifies, picks delays, keeps
+//! the deadline, emits `RETRY_ATTEMPTED` and the issue record on giving up.
+//!
+//! `#[retryable]` writes the loop into the function itself (so `&mut self`
+//! and by-value arguments work) and calls a [`Retrier`] between attempts.
+//! For code without the attribute, [`retry`] and [`retry_async`] run a
+//! closure under a policy.
+//!
+//! Cost of success: [`Retrier::new`] stores three words and, only when the
+//! policy has a deadline, reads the clock. Nothing else happens until an
+//! attempt fails: no allocation, no RNG, no context look-up.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::backoff::{Jitter, Schedule};
+use crate::classify::Decision;
+use crate::context::{Context, Sleep};
+use crate::event::Event;
+use crate::issue::{IssueCode, IssueRecord, Severity};
+use crate::policy::RetryPolicy;
+
+/// The state of one retrying call.
+#[derive(Debug)]
+pub struct Retrier<'p> {
+    policy: &'p RetryPolicy,
+    operation: &'static str,
+    /// Attempts that have failed so far.
+    failed: u32,
+    /// Set at construction when the policy has a deadline.
+    deadline_start: Option<(Context, Duration)>,
+    /// Everything the failure path needs, made on the first failure.
+    slow: Option<Slow>,
+}
+
+#[derive(Debug)]
+struct Slow {
+    ctx: Context,
+    schedule: Schedule,
+    /// When timing started: the first attempt's start with a deadline, the
+    /// first failure without one.
+    start: Duration,
+    slept: Duration,
+}
+
+impl<'p> Retrier<'p> {
+    /// Starts a call of `operation` under `policy`.
+    #[inline]
+    pub fn new(policy: &'p RetryPolicy, operation: &'static str) -> Self {
+        let deadline_start = match policy.deadline() {
+            Some(_) => {
+                let ctx = Context::current();
+                let now = ctx.now();
+                Some((ctx, now))
+            }
+            None => None,
+        };
+        Retrier {
+            policy,
+            operation,
+            failed: 0,
+            deadline_start,
+            slow: None,
+        }
+    }
+
+    /// Whether the attempt about to start is the last one `max_attempts`
+    /// allows (the deadline may still end the call sooner).
+    #[inline]
+    pub fn is_last_attempt(&self) -> bool {
+        self.failed + 1 >= self.policy.attempts()
+    }
+
+    /// Attempts made so far (failed ones).
+    pub fn failed_attempts(&self) -> u32 {
+        self.failed
+    }
+
+    /// Records a failed attempt and decides: `Some(delay)` to retry after
+    /// `delay`, `None` to give up (the issue record is already reported).
+    #[cold]
+    pub fn on_failure<E: Display + ?Sized>(
+        &mut self,
+        error: &E,
+        decision: Decision,
+    ) -> Option<Duration> {
+        self.failed += 1;
+        let slow = self.slow.get_or_insert_with(|| {
+            let (ctx, start) = match self.deadline_start.take() {
+                Some(pair) => pair,
+                None => {
+                    let ctx = Context::current();
+                    let now = ctx.now();
+                    (ctx, now)
+                }
+            };
+            let backoff = *self.policy.schedule();
+            let seed = match backoff.jitter_kind() {
+                Jitter::None => 0,
+                _ => ctx.jitter_seed(self.operation),
+            };
+            Slow {
+                ctx,
+                schedule: backoff.schedule(seed),
+                start,
+                slept: Duration::ZERO,
+            }
+        });
+        let elapsed = slow.ctx.now().saturating_sub(slow.start);
+
+        let verdict = if !decision.is_transient() {
+            Err(IssueCode::PermanentError)
+        } else if self.failed >= self.policy.attempts() {
+            Err(IssueCode::MaxRetriesExceeded)
+        } else {
+            let delay = slow.schedule.next_delay(decision.hint());
+            match self.policy.deadline() {
+                // Sleeping until (or past) the deadline would only lead to an
+                // attempt that is not allowed to start: stop now instead.
+                Some(max) if elapsed.saturating_add(delay) >= max => {
+                    Err(IssueCode::DeadlineExceeded)
+                }
+                _ => Ok(delay),
+            }
+        };
+
+        match verdict {
+            Ok(delay) => {
+                slow.ctx.emit(&Event::RetryAttempted {
+                    operation: self.operation.to_owned(),
+                    attempt: self.failed,
+                    error: error.to_string(),
+                    delay_ns: nanos(delay),
+                    elapsed_ns: nanos(elapsed),
+                });
+                slow.slept = slow.slept.saturating_add(delay);
+                Some(delay)
+            }
+            Err(code) => {
+                slow.ctx.report(&IssueRecord {
+                    error_code: code,
+                    severity: Severity::Blocker,
+                    operation: self.operation.to_owned(),
+                    attempts: self.failed,
+                    slept_ns: nanos(slow.slept),
+                    last_error: error.to_string(),
+                });
+                None
+            }
+        }
+    }
+
+    /// [`on_failure`](Self::on_failure), then blocks for the delay. Returns
+    /// whether to try again.
+    #[cold]
+    pub fn retry_blocking<E: Display + ?Sized>(&mut self, error: &E, decision: Decision) -> bool {
+        match self.on_failure(error, decision) {
+            Some(delay) => {
+                if let Some(slow) = &self.slow {
+                    slow.ctx.sleep_blocking(delay);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// [`on_failure`](Self::on_failure), then the future that waits for the
+    /// delay, or `None` to give up.
+    #[cold]
+    pub fn retry_async<E: Display + ?Sized>(
+        &mut self,
+        error: &E,
+        decision: Decision,
+    ) -> Option<Sleep> {
+        let delay = self.on_failure(error, decision)?;
+        self.slow.as_ref().map(|slow| slow.ctx.sleep(delay))
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Calls `op` until it succeeds or `policy` gives up, retrying every error
+/// for which `classify` says transient; returns the last error unchanged.
+///
+/// ```
+/// use recovery::{retry, Decision, RetryPolicy};
+///
+/// const POLICY: RetryPolicy = RetryPolicy::new().max_attempts(2);
+/// let mut calls = 0;
+/// let r: Result<(), &str> = retry(&POLICY, "demo", |_| Decision::Permanent, || {
+///     calls += 1;
+///     Err("bad input")
+/// });
+/// assert_eq!((r, calls), (Err("bad input"), 1));
+/// ```
+pub fn retry<T, E: Display>(
+    policy: &RetryPolicy,
+    operation: &'static str,
+    mut classify: impl FnMut(&E) -> Decision,
+    mut op: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let mut retrier = Retrier::new(policy, operation);
+    loop {
+        match op() {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let decision = classify(&e);
+                if !retrier.retry_blocking(&e, decision) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// The async form of [`retry`]: `op` makes a fresh future per attempt.
+pub async fn retry_async<T, E: Display, Fut: Future<Output = Result<T, E>>>(
+    policy: &RetryPolicy,
+    operation: &'static str,
+    mut classify: impl FnMut(&E) -> Decision,
+    mut op: impl FnMut() -> Fut,
+) -> Result<T, E> {
+    let mut retrier = Retrier::new(policy, operation);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let decision = classify(&e);
+                match retrier.retry_async(&e, decision) {
+                    Some(sleep) => sleep.await,
+                    None => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backoff::Backoff;
+    use crate::context::{Recorder, VirtualClock};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    struct Harness {
+        clock: VirtualClock,
+        recorder: Arc<Recorder>,
+        ctx: Context,
+    }
+
+    fn harness() -> Harness {
+        let clock = VirtualClock::new();
+        let recorder = Arc::new(Recorder::default());
+        let ctx = Context::builder()
+            .virtual_time(&clock)
+            .observer(recorder.clone())
+            .seed(1)
+            .build();
+        Harness {
+            clock,
+            recorder,
+            ctx,
+        }
+    }
+
+    /// Runs `retry` over a scripted list of outcomes; returns the result and
+    /// the number of calls.
+    fn run(
+        h: &Harness,
+        policy: &RetryPolicy,
+        script: &[Result<u32, Decision>],
+        work: Duration,
+    ) -> (Result<u32, String>, usize) {
+        let mut calls = 0;
+        let r = h.ctx.in_scope(|| {
+            retry(
+                policy,
+                "scripted",
+                |e: &String| {
+                    if e.starts_with("permanent") {
+                        Decision::Permanent
+                    } else if let Some(ms) = e.strip_prefix("after ") {
+                        Decision::RetryAfter(MS * ms.parse::<u32>().unwrap_or(0))
+                    } else {
+                        Decision::Retry
+                    }
+                },
+                || {
+                    let step = script.get(calls).copied().unwrap_or(Ok(0));
+                    calls += 1;
+                    h.clock.advance(work);
+                    step.map_err(|d| match d {
+                        Decision::Permanent => "permanent".to_string(),
+                        Decision::RetryAfter(x) => format!("after {}", x.as_millis()),
+                        Decision::Retry => format!("transient {calls}"),
+                    })
+                },
+            )
+        });
+        (r, calls)
+    }
+
+    #[test]
+    fn max_attempts_counts_every_call_including_the_first() {
+        let h = harness();
+        let policy = RetryPolicy::new().max_attempts(4);
+        let (r, calls) = run(&h, &policy, &[Err(Decision::Retry); 10], Duration::ZERO);
+        assert_eq!(r, Err("transient 4".into()));
+        assert_eq!(calls, 4);
+        assert_eq!(h.clock.slept(), [100 * MS, 200 * MS, 400 * MS]);
+        let issues = h.recorder.issues();
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].error_code, IssueCode::MaxRetriesExceeded);
+        assert_eq!(issues[0].attempts, 4);
+        assert_eq!(issues[0].slept_ns, 700_000_000);
+        assert_eq!(issues[0].last_error, "transient 4");
+    }
+
+    #[test]
+    fn success_after_failures_returns_the_value_and_emits_one_event_per_retry() {
+        let h = harness();
+        let policy = RetryPolicy::new().max_attempts(5);
+        let script = [Err(Decision::Retry), Err(Decision::Retry), Ok(7)];
+        let (r, calls) = run(&h, &policy, &script, Duration::ZERO);
+        assert_eq!((r, calls), (Ok(7), 3));
+        let events = h.recorder.events();
+        assert_eq!(events.len(), 2);
+        match &events[1] {
+            Event::RetryAttempted {
+                operation,
+                attempt,
+                error,
+                delay_ns,
+                ..
+            } => {
+                assert_eq!(operation, "scripted");
+                assert_eq!(*attempt, 2);
+                assert_eq!(error, "transient 2");
+                assert_eq!(*delay_ns, 200_000_000);
+            }
+        }
+        assert!(h.recorder.issues().is_empty());
+    }
+
+    #[test]
+    fn a_permanent_error_is_returned_at_once() {
+        let h = harness();
+        let policy = RetryPolicy::new().max_attempts(5);
+        let script = [Err(Decision::Retry), Err(Decision::Permanent), Ok(1)];
+        let (r, calls) = run(&h, &policy, &script, Duration::ZERO);
+        assert_eq!((r, calls), (Err("permanent".into()), 2));
+        assert_eq!(h.recorder.issues()[0].error_code, IssueCode::PermanentError);
+        assert_eq!(h.clock.slept().len(), 1);
+    }
+
+    #[test]
+    fn the_deadline_stops_before_a_sleep_would_cross_it() {
+        let h = harness();
+        // Delays 100, 200, 400, 800 ms; each attempt takes 50 ms.
+        let policy = RetryPolicy::new()
+            .max_attempts(10)
+            .max_elapsed(Duration::from_millis(1000));
+        let (r, calls) = run(&h, &policy, &[Err(Decision::Retry); 10], 50 * MS);
+        assert!(r.is_err());
+        // t=50 fail, sleep 100 -> 150; 200 fail, sleep 200 -> 400; 450 fail,
+        // 450 + 400 = 850 < 1000, sleep -> 850; 900 fail, 900 + 800 >= 1000: stop.
+        assert_eq!(calls, 4);
+        assert_eq!(h.clock.slept(), [100 * MS, 200 * MS, 400 * MS]);
+        assert!(h.clock.now() <= Duration::from_millis(1000));
+        assert_eq!(
+            h.recorder.issues()[0].error_code,
+            IssueCode::DeadlineExceeded
+        );
+    }
+
+    #[test]
+    fn an_attempt_ending_after_the_deadline_is_not_followed_by_another() {
+        let h = harness();
+        let policy = RetryPolicy::new()
+            .max_attempts(10)
+            .max_elapsed(Duration::from_millis(100));
+        let (_, calls) = run(&h, &policy, &[Err(Decision::Retry); 10], 150 * MS);
+        assert_eq!(calls, 1);
+        assert!(h.clock.slept().is_empty());
+    }
+
+    #[test]
+    fn retry_after_hints_are_honoured_within_the_cap() {
+        let h = harness();
+        let policy = RetryPolicy::new()
+            .max_attempts(3)
+            .backoff(Backoff::new(10 * MS).max_delay(500 * MS));
+        let script = [
+            Err(Decision::RetryAfter(300 * MS)),
+            Err(Decision::RetryAfter(9000 * MS)),
+            Ok(1),
+        ];
+        let (r, _) = run(&h, &policy, &script, Duration::ZERO);
+        assert_eq!(r, Ok(1));
+        assert_eq!(h.clock.slept(), [300 * MS, 500 * MS]);
+    }
+
+    #[test]
+    fn seeded_jitter_is_reproducible_across_contexts() {
+        let policy = RetryPolicy::new()
+            .max_attempts(6)
+            .backoff(Backoff::new(100 * MS).jitter(Jitter::Full));
+        let slept = || {
+            let h = harness();
+            let (r, _) = run(&h, &policy, &[Err(Decision::Retry); 6], Duration::ZERO);
+            assert!(r.is_err());
+            h.clock.slept()
+        };
+        let a = slept();
+        assert_eq!(a.len(), 5);
+        assert_eq!(a, slept());
+        assert_ne!(a, [100 * MS, 200 * MS, 400 * MS, 800 * MS, 1600 * MS]);
+    }
+
+    #[tokio::test]
+    async fn async_retry_uses_virtual_time() {
+        use crate::context::WithContext;
+        let h = harness();
+        let policy = RetryPolicy::new().max_attempts(3);
+        let mut calls = 0;
+        let r: Result<(), String> = retry_async(
+            &policy,
+            "async",
+            |_| Decision::Retry,
+            || {
+                calls += 1;
+                async { Err("down".to_string()) }
+            },
+        )
+        .with_context(h.ctx.clone())
+        .await;
+        assert_eq!(r, Err("down".into()));
+        assert_eq!(calls, 3);
+        assert_eq!(h.clock.slept(), [100 * MS, 200 * MS]);
+    }
+
+    #[tokio::test]
+    async fn async_retry_really_sleeps_on_tokio_without_virtual_time() {
+        let policy = RetryPolicy::new().max_attempts(2).backoff(Backoff::new(MS));
+        let started = std::time::Instant::now();
+        let mut calls = 0;
+        let r: Result<(), &str> = retry_async(
+            &policy,
+            "sleepy",
+            |_| Decision::Retry,
+            || {
+                calls += 1;
+                async { Err("x") }
+            },
+        )
+        .await;
+        assert_eq!((r, calls), (Err("x"), 2));
+        assert!(started.elapsed() >= MS);
+    }
+}

@@ -1,0 +1,32 @@
+//! Helpers shared by the workspace's integration tests and examples.
+
+use std::fmt;
+
+/// An error whose transience is scripted by the test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlakyError {
+    /// Whether another attempt may help.
+    pub transient: bool,
+    /// Which call failed, 1-based.
+    pub call: u32,
+}
+
+impl fmt::Display for FlakyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.transient {
+            "transient"
+        } else {
+            "permanent"
+        };
+        write!(f, "{kind} failure on call {}", self.call)
+    }
+}
+
+impl std::error::Error for FlakyError {}
+
+impl FlakyError {
+    /// The classifier for `#[retryable(when = FlakyError::is_transient)]`.
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
