@@ -17,8 +17,8 @@ pub fn parse(key: &str, value: &Expr) -> syn::Result<(Duration, Span)> {
     let text = match literal(value) {
         Some(Lit::Str(s)) => s.value(),
         Some(Lit::Int(i)) => {
-            return Err(syn::Error::new(
-                span,
+            return Err(syn::Error::new_spanned(
+                value,
                 format!(
                     "`{key}` needs a unit: write it as a string, e.g. `{key} = \"{}ms\"`",
                     i.base10_digits()
@@ -26,34 +26,34 @@ pub fn parse(key: &str, value: &Expr) -> syn::Result<(Duration, Span)> {
             ));
         }
         _ => {
-            return Err(syn::Error::new(
-                span,
+            return Err(syn::Error::new_spanned(
+                value,
                 format!("`{key}` expects a duration string such as {example}"),
             ));
         }
     };
     let trimmed = text.trim();
     if trimmed.starts_with('-') {
-        return Err(syn::Error::new(
-            span,
+        return Err(syn::Error::new_spanned(
+            value,
             format!("`{key}` cannot be negative; write a positive duration such as {example}"),
         ));
     }
     let duration = humantime::parse_duration(trimmed).map_err(|e| {
-        syn::Error::new(
-            span,
+        syn::Error::new_spanned(
+            value,
             format!("`{key}` = {text:?} is not a duration ({e}); write e.g. {example}"),
         )
     })?;
     if duration.is_zero() {
-        return Err(syn::Error::new(
-            span,
+        return Err(syn::Error::new_spanned(
+            value,
             format!("`{key}` must be longer than zero, e.g. {example}"),
         ));
     }
     if duration.as_nanos() > u128::from(u64::MAX) {
-        return Err(syn::Error::new(
-            span,
+        return Err(syn::Error::new_spanned(
+            value,
             format!("`{key}` = {text:?} is too long: at most about 584 years"),
         ));
     }

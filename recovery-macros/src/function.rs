@@ -76,20 +76,20 @@ pub fn result_type<'a>(func: &'a ItemFn, attribute: &str) -> syn::Result<&'a Typ
     };
     match last.as_deref() {
         Some("Result") => Ok(ty),
-        Some("Pin") => Err(syn::Error::new(
-            ty.span(),
+        Some("Pin") => Err(syn::Error::new_spanned(
+            ty,
             format!(
                 "this function returns a boxed future, as #[async_trait] writes it: #[{attribute}] \
                  would only repeat building the future, not the work. Put the work in an inherent \
                  `async fn` with #[{attribute}] and call it from the trait method"
             ),
         )),
-        _ => Err(syn::Error::new(
-            ty.span(),
+        _ => Err(syn::Error::new_spanned(
+            ty,
             format!(
                 "#[{attribute}] needs a function that returns `Result<T, E>` (or an alias named \
                  `Result`, such as `io::Result<T>`), so it can tell failure from success; found `{}`",
-                quote::ToTokens::to_token_stream(ty)
+                show(ty)
             ),
         )),
     }
@@ -105,4 +105,43 @@ pub fn contains_impl_trait(ty: &Type) -> bool {
         })
     }
     scan(quote::ToTokens::to_token_stream(ty))
+}
+
+/// Tokens as a person would write them: `Option<u32>`, not `Option < u32 >`.
+pub fn show(tokens: &impl quote::ToTokens) -> String {
+    let text = tokens.to_token_stream().to_string();
+    [
+        (" < ", "<"),
+        ("< ", "<"),
+        (" <", "<"),
+        (" >", ">"),
+        (" :: ", "::"),
+        (":: ", "::"),
+        (" ,", ","),
+        ("& ", "&"),
+        ("( ", "("),
+        (" )", ")"),
+    ]
+    .iter()
+    .fold(text, |t, (from, to)| t.replace(from, to))
+}
+
+/// Gives every token of `tokens` the span `span` (resolved at the call
+/// site), so that an error in generated code points at one piece of user
+/// code instead of the whole attribute.
+pub fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    let span = Span::call_site().located_at(span);
+    tokens
+        .into_iter()
+        .map(|mut t| {
+            if let proc_macro2::TokenTree::Group(g) = &t {
+                let mut group = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(span);
+                t = proc_macro2::TokenTree::Group(group);
+            } else {
+                t.set_span(span);
+            }
+            t
+        })
+        .collect()
 }

@@ -42,7 +42,6 @@ pub fn parse_list(input: ParseStream) -> syn::Result<Vec<RawArg>> {
 
 /// Parses `crate = "path"` into a path.
 pub fn crate_path(value: &Expr) -> syn::Result<syn::Path> {
-    use syn::spanned::Spanned;
     match crate::value::literal(value) {
         Some(syn::Lit::Str(s)) => s.parse::<syn::Path>().map_err(|_| {
             syn::Error::new(
@@ -53,8 +52,8 @@ pub fn crate_path(value: &Expr) -> syn::Result<syn::Path> {
                 ),
             )
         }),
-        _ => Err(syn::Error::new(
-            value.span(),
+        _ => Err(syn::Error::new_spanned(
+            value,
             "`crate` expects a path in a string, e.g. `crate = \"::my_recovery\"`",
         )),
     }

@@ -110,7 +110,6 @@ pub use recovery_macros::retryable;
 #[doc(hidden)]
 pub mod __private {
     pub use core::clone::Clone;
-    pub use core::mem::drop;
     pub use core::option::Option::{self, None, Some};
     pub use core::result::Result::{self, Err, Ok};
     pub use core::time::Duration;
@@ -159,6 +158,21 @@ pub mod __private {
     pub fn attempt_future<T, F: core::future::Future<Output = T>>(future: F) -> F {
         future
     }
+
+    /// The error as the text that events and issue records carry.
+    #[inline(always)]
+    pub fn error_text<E: RetryError>(error: &E) -> &dyn core::fmt::Display {
+        error
+    }
+
+    /// The bound on error types, with a message that says why.
+    #[diagnostic::on_unimplemented(
+        message = "the error type `{Self}` must implement `Display` for #[retryable]",
+        label = "its text goes into RETRY_ATTEMPTED events and issue records",
+        note = "implement `std::fmt::Display` for it (thiserror's `#[error(...)]` does)"
+    )]
+    pub trait RetryError: core::fmt::Display {}
+    impl<T: core::fmt::Display> RetryError for T {}
 
     /// The default classifier: every error is transient.
     #[inline(always)]

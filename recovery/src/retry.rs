@@ -80,11 +80,7 @@ impl<'p> Retrier<'p> {
     /// Records a failed attempt and decides: `Some(delay)` to retry after
     /// `delay`, `None` to give up (the issue record is already reported).
     #[cold]
-    pub fn on_failure<E: Display + ?Sized>(
-        &mut self,
-        error: &E,
-        decision: Decision,
-    ) -> Option<Duration> {
+    pub fn on_failure(&mut self, error: &dyn Display, decision: Decision) -> Option<Duration> {
         self.failed += 1;
         let slow = self.slow.get_or_insert_with(|| {
             let (ctx, start) = match self.deadline_start.take() {
@@ -154,7 +150,7 @@ impl<'p> Retrier<'p> {
     /// [`on_failure`](Self::on_failure), then blocks for the delay. Returns
     /// whether to try again.
     #[cold]
-    pub fn retry_blocking<E: Display + ?Sized>(&mut self, error: &E, decision: Decision) -> bool {
+    pub fn retry_blocking(&mut self, error: &dyn Display, decision: Decision) -> bool {
         match self.on_failure(error, decision) {
             Some(delay) => {
                 if let Some(slow) = &self.slow {
@@ -169,11 +165,7 @@ impl<'p> Retrier<'p> {
     /// [`on_failure`](Self::on_failure), then the future that waits for the
     /// delay, or `None` to give up.
     #[cold]
-    pub fn retry_async<E: Display + ?Sized>(
-        &mut self,
-        error: &E,
-        decision: Decision,
-    ) -> Option<Sleep> {
+    pub fn retry_async(&mut self, error: &dyn Display, decision: Decision) -> Option<Sleep> {
         let delay = self.on_failure(error, decision)?;
         self.slow.as_ref().map(|slow| slow.ctx.sleep(delay))
     }

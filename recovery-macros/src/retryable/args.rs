@@ -143,15 +143,6 @@ impl RetryArgs {
                 ),
             );
         }
-        if let (Some((JitterKind::Decorrelated, _)), Some((_, span))) =
-            (self.jitter, self.multiplier)
-        {
-            errors.at(
-                span,
-                "`multiplier` has no effect with jitter = \"decorrelated\", which grows each delay \
-                 up to 3x the previous one; remove `multiplier` or pick another jitter",
-            );
-        }
     }
 
     /// The policy as a constant expression of the runtime's `const fn`s.
@@ -206,8 +197,8 @@ fn example(key: &str) -> &'static str {
 fn max_attempts(value: &Expr) -> syn::Result<(u32, Span)> {
     let span = value.span();
     if is_negative_literal(value) {
-        return Err(syn::Error::new(
-            span,
+        return Err(syn::Error::new_spanned(
+            value,
             "max_attempts must be at least 1: it counts every call, the first included",
         ));
     }
@@ -232,8 +223,8 @@ fn max_attempts(value: &Expr) -> syn::Result<(u32, Span)> {
             }
             Ok((n, span))
         }
-        _ => Err(syn::Error::new(
-            span,
+        _ => Err(syn::Error::new_spanned(
+            value,
             "max_attempts expects a whole number, e.g. `max_attempts = 5`",
         )),
     }
@@ -244,26 +235,26 @@ fn multiplier(value: &Expr) -> syn::Result<(f64, Span)> {
     let below =
         "multiplier must be at least 1 (1 keeps every delay equal to base), e.g. `multiplier = 2`";
     if is_negative_literal(value) {
-        return Err(syn::Error::new(span, below));
+        return Err(syn::Error::new_spanned(value, below));
     }
     let m: f64 = match literal(value) {
         Some(Lit::Int(i)) => i.base10_parse()?,
         Some(Lit::Float(f)) => f.base10_parse()?,
         _ => {
-            return Err(syn::Error::new(
-                span,
+            return Err(syn::Error::new_spanned(
+                value,
                 "multiplier expects a number, e.g. `multiplier = 2` or `multiplier = 1.5`",
             ));
         }
     };
     if !m.is_finite() {
-        return Err(syn::Error::new(
-            span,
+        return Err(syn::Error::new_spanned(
+            value,
             "multiplier must be a finite number, e.g. `multiplier = 2`",
         ));
     }
     if m < 1.0 {
-        return Err(syn::Error::new(span, below));
+        return Err(syn::Error::new_spanned(value, below));
     }
     Ok((m, span))
 }
@@ -278,8 +269,8 @@ fn jitter(value: &Expr) -> syn::Result<(JitterKind, Span)> {
             "full" => Ok((JitterKind::Full, span)),
             "equal" => Ok((JitterKind::Equal, span)),
             "decorrelated" => Ok((JitterKind::Decorrelated, span)),
-            other => Err(syn::Error::new(
-                span,
+            other => Err(syn::Error::new_spanned(
+                value,
                 format!(
                     "unknown jitter kind {other:?}{}; expected {kinds}",
                     did_you_mean(other, JITTERS)
@@ -294,8 +285,8 @@ fn jitter(value: &Expr) -> syn::Result<(JitterKind, Span)> {
                 ),
                 _ => String::new(),
             };
-            Err(syn::Error::new(
-                span,
+            Err(syn::Error::new_spanned(
+                value,
                 format!("jitter expects {kinds}{hint}"),
             ))
         }
@@ -312,8 +303,8 @@ fn when(value: &Expr) -> syn::Result<Expr> {
                 }
                 _ => String::new(),
             };
-            Err(syn::Error::new(
-                value.span(),
+            Err(syn::Error::new_spanned(
+                value,
                 format!(
                     "when expects the path of a classifier `fn(&E) -> bool` or `fn(&E) -> recovery::Decision`, \
                      e.g. `when = MyError::is_transient`{hint}"
@@ -327,12 +318,12 @@ fn name(value: &Expr) -> syn::Result<(String, Span)> {
     let span = value.span();
     match literal(value) {
         Some(Lit::Str(s)) if !s.value().trim().is_empty() => Ok((s.value(), span)),
-        Some(Lit::Str(_)) => Err(syn::Error::new(
-            span,
+        Some(Lit::Str(_)) => Err(syn::Error::new_spanned(
+            value,
             "name must not be empty, e.g. `name = \"fetch_index\"`",
         )),
-        _ => Err(syn::Error::new(
-            span,
+        _ => Err(syn::Error::new_spanned(
+            value,
             "name expects a string, e.g. `name = \"fetch_index\"`",
         )),
     }

@@ -5,14 +5,14 @@
 //! awaited at once, so `return` and `?` end just that attempt. No `Box`, no
 //! allocation, no `FnMut`.
 
-use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, format_ident, quote, quote_spanned};
+use proc_macro2::TokenStream;
+use quote::{ToTokens, format_ident, quote};
 use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, Pat, ReceiverKind, Type};
 
 use super::args::RetryArgs;
 use crate::errors::Errors;
-use crate::function::{contains_impl_trait, result_type};
+use crate::function::{contains_impl_trait, respan, result_type};
 
 /// Checks of the function itself, all reported together.
 pub fn check(func: &ItemFn, errors: &mut Errors) {
@@ -28,11 +28,11 @@ pub fn check(func: &ItemFn, errors: &mut Errors) {
         errors.at(v.span(), "#[retryable] cannot go on a variadic function");
     }
     match result_type(func, "retryable") {
-        Ok(ty) if contains_impl_trait(ty) => errors.at(
-            ty.span(),
+        Ok(ty) if contains_impl_trait(ty) => errors.push(syn::Error::new_spanned(
+            ty,
             "#[retryable] cannot repeat a body whose return type holds `impl Trait`: name the type \
              (or box it) in the `Result`",
-        ),
+        )),
         Ok(_) => {}
         Err(e) => errors.push(e),
     }
@@ -69,10 +69,17 @@ pub fn generate(args: &RetryArgs, mut func: ItemFn) -> TokenStream {
         Ok(ty) => ty.clone(),
         Err(e) => return e.to_compile_error(),
     };
-    let when = match &args.when {
-        Some(expr) => quote_spanned!(expr.span()=> (#expr)),
-        None => quote!(#p::always_retry),
+    let classify = match &args.when {
+        // Spanned at the classifier, so a wrong signature points there.
+        Some(when) => respan(
+            quote!(#p::IntoDecision::into_decision((#when)(&__recovery_error))),
+            when.span(),
+        ),
+        None => quote!(#p::always_retry(&__recovery_error)),
     };
+    // Spanned at the return type, so an error type without `Display` is
+    // reported there.
+    let error_text = respan(quote!(#p::error_text(&__recovery_error)), ret.span());
 
     let Arguments { slots, binds } = rebind_arguments(&mut func, &p);
     let last = if slots.is_empty() {
@@ -82,51 +89,50 @@ pub fn generate(args: &RetryArgs, mut func: ItemFn) -> TokenStream {
     };
 
     let body = &func.block;
-    let is_async = func.sig.asyncness.is_some();
-    let (attempt, after_failure) = if is_async {
-        (
-            quote!(#p::attempt_future::<#ret, _>(async #body).await),
-            quote! {
-                let __recovery_sleep = match __recovery_retrier
-                    .retry_async(&__recovery_error, __recovery_decision)
-                {
-                    #p::Some(__recovery_sleep) => __recovery_sleep,
-                    #p::None => return #p::Err(__recovery_error),
+    // The error lives only inside the `Err` arm, so it is dropped before an
+    // async sleep: a `!Send` error cannot make the future `!Send`.
+    let block = if func.sig.asyncness.is_some() {
+        quote! {{
+            const __RECOVERY_POLICY: #p::RetryPolicy = #policy;
+            let mut __recovery_retrier = #p::Retrier::new(&__RECOVERY_POLICY, #name);
+            #(#slots)*
+            loop {
+                #last
+                #(#binds)*
+                let __recovery_result = #p::attempt_future::<#ret, _>(async #body).await;
+                let __recovery_sleep = match __recovery_result {
+                    #p::Ok(__recovery_value) => return #p::Ok(__recovery_value),
+                    #p::Err(__recovery_error) => {
+                        let __recovery_decision = #classify;
+                        match __recovery_retrier.retry_async(#error_text, __recovery_decision) {
+                            #p::Some(__recovery_sleep) => __recovery_sleep,
+                            #p::None => return #p::Err(__recovery_error),
+                        }
+                    }
                 };
-                // Dropped before the await, so a `!Send` error does not make
-                // the future `!Send`.
-                #p::drop(__recovery_error);
                 __recovery_sleep.await;
-            },
-        )
+            }
+        }}
     } else {
-        (
-            quote!(#p::attempt::<#ret, _>(|| #body)),
-            quote! {
-                if !__recovery_retrier.retry_blocking(&__recovery_error, __recovery_decision) {
-                    return #p::Err(__recovery_error);
+        quote! {{
+            const __RECOVERY_POLICY: #p::RetryPolicy = #policy;
+            let mut __recovery_retrier = #p::Retrier::new(&__RECOVERY_POLICY, #name);
+            #(#slots)*
+            loop {
+                #last
+                #(#binds)*
+                match #p::attempt::<#ret, _>(|| #body) {
+                    #p::Ok(__recovery_value) => return #p::Ok(__recovery_value),
+                    #p::Err(__recovery_error) => {
+                        let __recovery_decision = #classify;
+                        if !__recovery_retrier.retry_blocking(#error_text, __recovery_decision) {
+                            return #p::Err(__recovery_error);
+                        }
+                    }
                 }
-            },
-        )
+            }
+        }}
     };
-
-    let block = quote! {{
-        const __RECOVERY_POLICY: #p::RetryPolicy = #policy;
-        let mut __recovery_retrier = #p::Retrier::new(&__RECOVERY_POLICY, #name);
-        #(#slots)*
-        loop {
-            #last
-            #(#binds)*
-            let __recovery_result = #attempt;
-            let __recovery_error = match __recovery_result {
-                #p::Ok(__recovery_value) => return #p::Ok(__recovery_value),
-                #p::Err(__recovery_error) => __recovery_error,
-            };
-            let __recovery_decision =
-                #p::IntoDecision::into_decision(#when(&__recovery_error));
-            #after_failure
-        }
-    }};
     func.block = Box::new(syn::parse2(block).expect("the generated block parses"));
     func.into_token_stream()
 }
@@ -163,9 +169,11 @@ fn rebind_arguments(func: &mut ItemFn, p: &TokenStream) -> Arguments {
                 let slot = format_ident!("__recovery_slot{}", i);
                 let pat = &arg.pat;
                 slots.push(quote!(let mut #slot = #p::Some(#hidden);));
-                binds.push(quote_spanned! {located(ty_span)=>
-                    let #pat = #p::take_or_clone(&mut #slot, __recovery_last);
-                });
+                // Spanned at the type, so a missing `Clone` points there.
+                binds.push(respan(
+                    quote!(let #pat = #p::take_or_clone(&mut #slot, __recovery_last);),
+                    ty_span,
+                ));
             }
         }
         *arg.pat = Pat::Ident(syn::PatIdent {
@@ -177,9 +185,4 @@ fn rebind_arguments(func: &mut ItemFn, p: &TokenStream) -> Arguments {
         });
     }
     Arguments { slots, binds }
-}
-
-/// A span that resolves names at the call site but points at user code.
-fn located(span: Span) -> Span {
-    Span::call_site().located_at(span)
 }

@@ -1,0 +1,6 @@
+use recovery::retryable;
+
+#[retryable(base = "0ms")]
+fn f() -> Result<(), String> { Ok(()) }
+
+fn main() {}

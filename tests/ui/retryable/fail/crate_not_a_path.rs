@@ -1,0 +1,6 @@
+use recovery::retryable;
+
+#[retryable(crate = "not a path")]
+fn f() -> Result<(), String> { Ok(()) }
+
+fn main() {}

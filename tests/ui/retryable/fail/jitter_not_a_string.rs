@@ -1,0 +1,6 @@
+use recovery::retryable;
+
+#[retryable(jitter = Full)]
+fn f() -> Result<(), String> { Ok(()) }
+
+fn main() {}

@@ -1,0 +1,6 @@
+use recovery::retryable;
+
+#[retryable(max_elapsed = true)]
+fn f() -> Result<(), String> { Ok(()) }
+
+fn main() {}

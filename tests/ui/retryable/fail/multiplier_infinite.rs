@@ -1,0 +1,6 @@
+use recovery::retryable;
+
+#[retryable(multiplier = 1e999)]
+fn f() -> Result<(), String> { Ok(()) }
+
+fn main() {}

@@ -1,0 +1,6 @@
+use recovery::retryable;
+
+#[retryable(name = "")]
+fn f() -> Result<(), String> { Ok(()) }
+
+fn main() {}
