@@ -104,6 +104,7 @@ pub struct VirtualClock {
 struct VirtualState {
     now: Duration,
     slept: Vec<Duration>,
+    reads: u64,
 }
 
 impl VirtualClock {
@@ -115,6 +116,18 @@ impl VirtualClock {
     /// Virtual time since the clock was made.
     pub fn now(&self) -> Duration {
         lock(&self.state).now
+    }
+
+    /// How many times retrying code under this clock read the time. A call
+    /// that succeeds at once reads it only when its policy has a deadline.
+    pub fn reads(&self) -> u64 {
+        lock(&self.state).reads
+    }
+
+    fn read(&self) -> Duration {
+        let mut s = lock(&self.state);
+        s.reads += 1;
+        s.now
     }
 
     /// Moves time forward without recording a sleep (as if work took time).
@@ -313,7 +326,7 @@ impl Context {
     /// Time on this context's clock, from an arbitrary origin.
     pub fn now(&self) -> Duration {
         match &self.inner.clock {
-            Some(clock) => clock.now(),
+            Some(clock) => clock.read(),
             None => ORIGIN.elapsed(),
         }
     }

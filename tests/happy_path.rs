@@ -1,0 +1,132 @@
+//! A call that succeeds the first time costs nothing beyond the call: no
+//! allocation, no clock read (unless the policy has a deadline), no random
+//! number. Checked with a counting global allocator and virtual time.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use recovery::{Context, VirtualClock, retryable};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by `f` on this test's thread. The tests in this file run
+/// inside one #[test] (below), so no other test allocates meanwhile.
+fn allocations_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let r = f();
+    (r, ALLOCATIONS.load(Ordering::SeqCst) - before)
+}
+
+#[retryable(max_attempts = 5, base = "200ms", jitter)]
+fn fetch(key: &str, n: u64) -> Result<u64, std::io::Error> {
+    Ok(key.len() as u64 + n)
+}
+
+#[retryable(max_attempts = 5, base = "200ms", max_elapsed = "10s", jitter = "decorrelated")]
+fn fetch_with_deadline(key: &str) -> Result<usize, String> {
+    Ok(key.len())
+}
+
+#[retryable(max_attempts = 3, base = "1ms", jitter)]
+async fn fetch_async(key: &str) -> Result<usize, String> {
+    Ok(key.len())
+}
+
+#[retryable(max_attempts = 3, base = "1s", jitter)]
+fn sometimes(fail: bool, calls: &mut u32) -> Result<(), String> {
+    *calls += 1;
+    if fail && *calls == 1 {
+        Err("once".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn no_allocation_on_success() {
+    // Warm up what the process sets up once (thread-locals, lazies).
+    let _ = fetch("warm", 1);
+    let _ = fetch_with_deadline("warm");
+
+    let (r, n) = allocations_during(|| fetch("abc", 1));
+    assert_eq!(r.unwrap(), 4);
+    assert_eq!(n, 0, "a successful sync call allocated");
+
+    let (r, n) = allocations_during(|| fetch_with_deadline("abcd"));
+    assert_eq!(r, Ok(4));
+    assert_eq!(n, 0, "a successful call with a deadline allocated");
+
+    let (r, n) = allocations_during(|| {
+        let mut fut = std::pin::pin!(fetch_async("xy"));
+        let mut cx = TaskContext::from_waker(Waker::noop());
+        fut.as_mut().poll(&mut cx)
+    });
+    assert_eq!(r, Poll::Ready(Ok(2)));
+    assert_eq!(n, 0, "a successful async call allocated");
+
+    // The counter does count: a failing call allocates (event text, ...).
+    let clock = VirtualClock::new();
+    let ctx = Context::builder().virtual_time(&clock).build();
+    let (_, n) = allocations_during(|| ctx.in_scope(|| sometimes(true, &mut 0)));
+    assert!(n > 0, "the allocation counter saw nothing on the failure path");
+}
+
+fn no_clock_read_on_success_without_deadline() {
+    let clock = VirtualClock::new();
+    let ctx = Context::builder().virtual_time(&clock).build();
+    ctx.in_scope(|| fetch("abc", 1)).unwrap();
+    assert_eq!(clock.reads(), 0);
+    ctx.in_scope(|| fetch_with_deadline("abc")).unwrap();
+    assert_eq!(clock.reads(), 1, "a deadline starts with one clock read");
+    ctx.in_scope(|| sometimes(true, &mut 0)).unwrap();
+    assert!(clock.reads() > 1, "the failure path reads the clock");
+}
+
+fn no_random_number_on_success() {
+    // Under a seeded context every jittered retrying call that draws a seed
+    // moves the context's counter, which changes later delays. A success in
+    // between must not move it.
+    let delays_after = |successes_first: bool| {
+        let clock = VirtualClock::new();
+        let ctx = Context::builder().virtual_time(&clock).seed(5).build();
+        ctx.in_scope(|| {
+            if successes_first {
+                for _ in 0..10 {
+                    sometimes(false, &mut 0).unwrap();
+                }
+            }
+            sometimes(true, &mut 0).unwrap();
+            // A second failing call draws the next seed.
+            sometimes(true, &mut 0).unwrap();
+        });
+        clock.slept()
+    };
+    let plain = delays_after(false);
+    assert_eq!(plain.len(), 2);
+    assert_ne!(plain[0], plain[1], "the two calls draw different seeds");
+    assert_eq!(delays_after(true), plain);
+}
+
+// One test function, so that no parallel test allocates while counting.
+#[test]
+fn happy_path_costs_nothing() {
+    no_allocation_on_success();
+    no_clock_read_on_success_without_deadline();
+    no_random_number_on_success();
+}
