@@ -69,7 +69,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--drops" => {
-                let value = args.next().ok_or("--drops needs a number, e.g. --drops 3")?;
+                let value = args
+                    .next()
+                    .ok_or("--drops needs a number, e.g. --drops 3")?;
                 drops = value
                     .parse()
                     .map_err(|_| format!("--drops needs a whole number, not {value:?}"))?;

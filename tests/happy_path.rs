@@ -39,7 +39,12 @@ fn fetch(key: &str, n: u64) -> Result<u64, std::io::Error> {
     Ok(key.len() as u64 + n)
 }
 
-#[retryable(max_attempts = 5, base = "200ms", max_elapsed = "10s", jitter = "decorrelated")]
+#[retryable(
+    max_attempts = 5,
+    base = "200ms",
+    max_elapsed = "10s",
+    jitter = "decorrelated"
+)]
 fn fetch_with_deadline(key: &str) -> Result<usize, String> {
     Ok(key.len())
 }
@@ -84,7 +89,10 @@ fn no_allocation_on_success() {
     let clock = VirtualClock::new();
     let ctx = Context::builder().virtual_time(&clock).build();
     let (_, n) = allocations_during(|| ctx.in_scope(|| sometimes(true, &mut 0)));
-    assert!(n > 0, "the allocation counter saw nothing on the failure path");
+    assert!(
+        n > 0,
+        "the allocation counter saw nothing on the failure path"
+    );
 }
 
 fn no_clock_read_on_success_without_deadline() {
