@@ -161,8 +161,8 @@ struct Inner {
     sleeper: Option<Arc<dyn Sleeper>>,
     seed: Option<u64>,
     /// Numbers the jittered calls under a seeded context, so each gets its own
-    /// but reproducible sequence.
-    calls: AtomicU64,
+    /// but reproducible sequence. Shared with derived contexts.
+    calls: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Context {
@@ -225,7 +225,7 @@ impl ContextBuilder {
                 clock: self.clock,
                 sleeper: self.sleeper,
                 seed: self.seed,
-                calls: AtomicU64::new(0),
+                calls: Arc::new(AtomicU64::new(0)),
             }),
         }
     }
@@ -282,29 +282,38 @@ impl Context {
         f()
     }
 
-    /// Sends an event to the observer and to `tracing`.
-    pub fn emit(&self, event: &Event) {
-        #[cfg(feature = "tracing")]
-        match event {
-            Event::RetryAttempted {
-                operation,
-                attempt,
-                error,
-                delay_ns,
-                elapsed_ns,
-            } => tracing::warn!(
-                event = event.kind(),
-                operation = operation.as_str(),
-                attempt,
-                error = error.as_str(),
-                delay_ms = *delay_ns as f64 / 1e6,
-                elapsed_ms = *elapsed_ns as f64 / 1e6,
-                "attempt {attempt} of {operation} failed; retrying"
-            ),
+    /// The same clock, sleeper and seed sequence, with another observer.
+    pub(crate) fn with_observer(&self, observer: Arc<dyn Observer>) -> Context {
+        Context {
+            inner: Arc::new(Inner {
+                observer: Some(observer),
+                clock: self.inner.clock.clone(),
+                sleeper: self.inner.sleeper.clone(),
+                seed: self.inner.seed,
+                calls: Arc::clone(&self.inner.calls),
+            }),
         }
+    }
+
+    /// Sends an event to the observer only (it went to `tracing` already).
+    pub(crate) fn forward_event(&self, event: &Event) {
         if let Some(observer) = &self.inner.observer {
             observer.on_event(event);
         }
+    }
+
+    /// Sends an issue record to the observer only.
+    pub(crate) fn forward_issue(&self, issue: &IssueRecord) {
+        if let Some(observer) = &self.inner.observer {
+            observer.on_issue(issue);
+        }
+    }
+
+    /// Sends an event to the observer and to `tracing`.
+    pub fn emit(&self, event: &Event) {
+        #[cfg(feature = "tracing")]
+        trace_event(event);
+        self.forward_event(event);
     }
 
     /// Sends an issue record to the observer and to `tracing`.
@@ -318,9 +327,7 @@ impl Context {
             "{} gave up",
             issue.operation
         );
-        if let Some(observer) = &self.inner.observer {
-            observer.on_issue(issue);
-        }
+        self.forward_issue(issue);
     }
 
     /// Time on this context's clock, from an arbitrary origin.
@@ -365,6 +372,36 @@ impl Context {
                 crate::backoff::splitmix(seed ^ fnv1a(operation) ^ crate::backoff::splitmix(n))
             }
             None => rand::random(),
+        }
+    }
+}
+
+#[cfg(feature = "tracing")]
+fn trace_event(event: &Event) {
+    match event {
+        Event::RetryAttempted {
+            operation,
+            attempt,
+            error,
+            delay_ns,
+            elapsed_ns,
+        } => tracing::warn!(
+            event = event.kind(),
+            operation = operation.as_str(),
+            attempt,
+            error = error.as_str(),
+            delay_ms = *delay_ns as f64 / 1e6,
+            elapsed_ms = *elapsed_ns as f64 / 1e6,
+            "attempt {attempt} of {operation} failed; retrying"
+        ),
+        Event::MarkerInvalid { step, reason } => tracing::warn!(
+            event = event.kind(),
+            step = step.as_str(),
+            reason = reason.as_str(),
+            "the marker of step {step} does not hold; running it again"
+        ),
+        Event::StepResumed { step } | Event::StepCompleted { step, .. } => {
+            tracing::info!(event = event.kind(), step = step.as_str())
         }
     }
 }

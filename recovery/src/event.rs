@@ -28,13 +28,47 @@ pub enum Event {
         /// unknown). Wall-clock (or virtual) time: not deterministic.
         elapsed_ns: u64,
     },
+    /// A step's valid marker was found: its body did not run and its
+    /// recorded value was returned.
+    StepResumed {
+        /// The step's name.
+        step: String,
+    },
+    /// A step's body succeeded, its outputs were committed and its marker
+    /// written.
+    StepCompleted {
+        /// The step's name.
+        step: String,
+        /// Entries in the marker's manifest.
+        outputs: u32,
+    },
+    /// A step's marker exists but does not count; the step runs again.
+    MarkerInvalid {
+        /// The step's name.
+        step: String,
+        /// Why it does not count.
+        reason: String,
+    },
 }
 
 impl Event {
+    /// The step or operation the event is about.
+    pub fn subject(&self) -> &str {
+        match self {
+            Event::RetryAttempted { operation, .. } => operation,
+            Event::StepResumed { step }
+            | Event::StepCompleted { step, .. }
+            | Event::MarkerInvalid { step, .. } => step,
+        }
+    }
+
     /// The kind as written in logs: `"RETRY_ATTEMPTED"`, ...
     pub fn kind(&self) -> &'static str {
         match self {
             Event::RetryAttempted { .. } => "RETRY_ATTEMPTED",
+            Event::StepResumed { .. } => "STEP_RESUMED",
+            Event::StepCompleted { .. } => "STEP_COMPLETED",
+            Event::MarkerInvalid { .. } => "MARKER_INVALID",
         }
     }
 }

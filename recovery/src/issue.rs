@@ -13,6 +13,8 @@ pub enum IssueCode {
     PermanentError,
     /// The `max_elapsed` deadline left no time for another attempt.
     DeadlineExceeded,
+    /// A resumable step failed: no marker was written.
+    StepFailed,
 }
 
 impl IssueCode {
@@ -22,6 +24,7 @@ impl IssueCode {
             IssueCode::MaxRetriesExceeded => "MAX_RETRIES_EXCEEDED",
             IssueCode::PermanentError => "PERMANENT_ERROR",
             IssueCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            IssueCode::StepFailed => "STEP_FAILED",
         }
     }
 }

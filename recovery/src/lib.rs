@@ -42,10 +42,16 @@
 mod backoff;
 mod classify;
 mod context;
+mod error;
 mod event;
+pub mod fs;
 mod issue;
+pub mod marker;
+mod names;
 mod policy;
 mod retry;
+mod run;
+mod step;
 
 pub use backoff::{Backoff, DEFAULT_BASE, DEFAULT_MAX_DELAY, DEFAULT_MULTIPLIER, Jitter, Schedule};
 pub use classify::{Classify, Decision, IntoDecision};
@@ -56,7 +62,15 @@ pub use context::{
 pub use event::Event;
 pub use issue::{IssueCode, IssueRecord, Severity};
 pub use policy::{DEFAULT_MAX_ATTEMPTS, RetryPolicy};
+pub use error::RunError;
+pub use fs::{atomic_write, atomic_write_with};
+pub use names::{check_output_path, check_step_name};
 pub use retry::{Retrier, retry, retry_async};
+pub use run::{LogRead, Run, parse_log};
+pub use step::{
+    Fingerprint, StagedOutput, StepDef, StepExecution, StepResult, StepState, run_step,
+    run_step_async,
+};
 
 /// Retries a function when it returns `Err`.
 ///
@@ -118,6 +132,15 @@ pub mod __private {
     pub use crate::classify::{Decision, IntoDecision};
     pub use crate::policy::RetryPolicy;
     pub use crate::retry::Retrier;
+    pub use crate::run::Run;
+    pub use crate::step::{Fingerprint, StepDef, run_step, run_step_async};
+
+    /// The `&Run` behind whatever `run = ...` names (a `Run`, a `&Run`, an
+    /// `Arc<Run>`).
+    #[inline(always)]
+    pub fn borrow_run<R: core::borrow::Borrow<Run> + ?Sized>(run: &R) -> &Run {
+        run.borrow()
+    }
 
     /// The argument for one attempt: a clone, or the original on the last
     /// attempt, which saves a clone (and its allocation) when there will be no

@@ -337,6 +337,7 @@ mod tests {
                 assert_eq!(error, "transient 2");
                 assert_eq!(*delay_ns, 200_000_000);
             }
+            other => panic!("unexpected {other:?}"),
         }
         assert!(h.recorder.issues().is_empty());
     }

@@ -1,0 +1,137 @@
+//! The errors of run directories and steps.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why a run directory or a step could not do its work.
+///
+/// Every variant names the path or the step concerned. A step function's
+/// own error type receives it through `From<RunError>` (implemented for
+/// `std::io::Error`; `anyhow::Error` takes it as any `std::error::Error`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// A file operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done: "create", "fsync", "rename", ...
+        op: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The directory exists, is not empty and holds no `run.json`.
+    #[error(
+        "{} is not a recovery run directory (it has files but no run.json); \
+         open an empty or new directory instead",
+        path.display()
+    )]
+    NotARunDirectory {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// `run.json` is unreadable or of a newer format.
+    #[error("{}: {reason}", path.display())]
+    BadRunFile {
+        /// The `run.json`.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A step name that cannot name a file safely.
+    #[error("invalid step name {name:?}: {reason}; use letters, digits, '_', '-' and '.'")]
+    InvalidStepName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An output path that is absolute, climbs out of the run directory or
+    /// collides with the run's own files.
+    #[error("invalid output path {path:?}: {reason}")]
+    InvalidOutputPath {
+        /// The path given.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Two different functions use one step name in one run.
+    #[error(
+        "two different steps are named {name:?} in this run ({first} and {second}); \
+         give one of them another name"
+    )]
+    DuplicateStepName {
+        /// The shared name.
+        name: String,
+        /// Where the first was defined.
+        first: String,
+        /// Where the second was defined.
+        second: String,
+    },
+    /// A marker written by a newer version of this library.
+    #[error(
+        "{} has marker format {found}, newer than the {supported} this program reads; \
+         upgrade recovery, or reset the step to run it again",
+        path.display()
+    )]
+    NewerMarker {
+        /// The marker file.
+        path: PathBuf,
+        /// The format it declares.
+        found: u64,
+        /// The format this program reads.
+        supported: u32,
+    },
+    /// A step's key or value could not be turned into JSON.
+    #[error("step {step:?}: cannot serialise its {what}: {source}")]
+    Serialize {
+        /// The step.
+        step: String,
+        /// "key" or "value".
+        what: &'static str,
+        /// serde's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `output_dir` and friends were called outside a step's body.
+    #[error(
+        "no step is running here: call Run::output_dir / output_file / write_output inside the \
+         body of a #[resumable_step] (or between StepState::begin and commit)"
+    )]
+    NoActiveStep,
+    /// A declared output was never written.
+    #[error("step {step:?} declared output {path:?} but wrote nothing at {}", staging.display())]
+    OutputNotWritten {
+        /// The step.
+        step: String,
+        /// The output's path in the run directory.
+        path: String,
+        /// Where the step should have written it.
+        staging: PathBuf,
+    },
+}
+
+impl RunError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        RunError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<RunError> for io::Error {
+    fn from(e: RunError) -> Self {
+        let kind = match &e {
+            RunError::Io { source, .. } => source.kind(),
+            RunError::InvalidStepName { .. } | RunError::InvalidOutputPath { .. } => {
+                io::ErrorKind::InvalidInput
+            }
+            _ => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, e)
+    }
+}

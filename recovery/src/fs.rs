@@ -1,0 +1,363 @@
+//! The narrow seam every durable file operation goes through.
+//!
+//! A run directory creates, writes, syncs, renames and removes files only
+//! through a [`FileSystem`]. The default, [`RealFs`], is the real file
+//! system; a test can supply one that fails the Nth operation or forgets
+//! what was not synced, to check that a crash or an I/O error at any point
+//! leaves the old state or the new one.
+//!
+//! [`atomic_write`] is the standalone crash-safe write: a temporary file in
+//! the target's directory, written, synced, renamed over the target, and
+//! the directory synced. A failed sync is never retried: after a failed
+//! `fsync` the kernel may have dropped the dirty pages (PostgreSQL's
+//! "fsyncgate"), so the write fails and the target keeps its old content.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What kind of thing a path names, without following a final symlink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (not followed).
+    Symlink,
+    /// Anything else: a socket, a device, a FIFO.
+    Other,
+}
+
+/// What [`FileSystem::stat`] tells about a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// The kind of entry.
+    pub kind: EntryKind,
+    /// The size in bytes (of the link itself for a symlink).
+    pub len: u64,
+}
+
+/// The durable file operations of a run directory. Every method works on
+/// whole paths, so an implementation can count, fail or simulate each one.
+pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
+    /// Creates a directory and its missing parents.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Creates or truncates `path` and writes `data` (not yet durable).
+    fn write(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Appends `data` to `path` in one write, creating it if missing.
+    fn append(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Makes a file's content durable (`fsync`).
+    fn sync_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes a directory's entries durable (`fsync` of the directory).
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Renames `from` to `to`, replacing a file at `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file or a symlink.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes a directory and everything in it.
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Reads at most `limit` bytes; a longer file is an error, not a
+    /// truncated read.
+    fn read(&self, path: &Path, limit: u64) -> io::Result<Vec<u8>>;
+    /// Opens a file for streaming reads (hashing large outputs).
+    fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>>;
+    /// The kind and size of `path`, not following a final symlink.
+    fn stat(&self, path: &Path) -> io::Result<Stat>;
+    /// The names in a directory, sorted, so walks are deterministic.
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// The target of a symlink.
+    fn read_link(&self, path: &Path) -> io::Result<PathBuf>;
+}
+
+/// The real file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RealFs;
+
+impl FileSystem for RealFs {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir_all(path)
+    }
+
+    fn write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        fs::write(path, data)
+    }
+
+    fn append(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+        file.write_all(data)
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir_all(path)
+    }
+
+    fn read(&self, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+        let file = File::open(path)?;
+        let mut data = Vec::new();
+        file.take(limit.saturating_add(1)).read_to_end(&mut data)?;
+        if data.len() as u64 > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("larger than the {limit}-byte limit for this file"),
+            ));
+        }
+        Ok(data)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(File::open(path)?))
+    }
+
+    fn stat(&self, path: &Path) -> io::Result<Stat> {
+        let meta = fs::symlink_metadata(path)?;
+        let ft = meta.file_type();
+        let kind = if ft.is_symlink() {
+            EntryKind::Symlink
+        } else if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_file() {
+            EntryKind::File
+        } else {
+            EntryKind::Other
+        };
+        Ok(Stat {
+            kind,
+            len: meta.len(),
+        })
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(path)? {
+            let name = entry?.file_name();
+            match name.into_string() {
+                Ok(name) => names.push(name),
+                Err(raw) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("a file name that is not UTF-8: {raw:?}"),
+                    ));
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn read_link(&self, path: &Path) -> io::Result<PathBuf> {
+        fs::read_link(path)
+    }
+}
+
+/// Adds the path and the operation to an I/O error, so that a failure says
+/// what failed where.
+pub(crate) fn context(op: &str, path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
+}
+
+/// Writes `data` to `path` so that a crash at any moment leaves either the
+/// old content or the new, never a mix: temporary file in the same
+/// directory, write, fsync, rename over `path`, fsync of the directory.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("summary.json");
+/// recovery::atomic_write(&path, b"{\"ok\":true}")?;
+/// assert_eq!(std::fs::read(&path)?, b"{\"ok\":true}");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # Errors
+/// Any failed step, with the operation and the path in the message. On
+/// error the temporary file is removed (best effort) and `path` is
+/// untouched. A failed `fsync` is not retried.
+pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
+    atomic_write_with(&RealFs, path, data)
+}
+
+/// [`atomic_write`] through a given [`FileSystem`].
+pub fn atomic_write_with(fs: &dyn FileSystem, path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = parent_of(path);
+    let tmp = temp_path(path);
+    let result = (|| {
+        fs.write(&tmp, data).map_err(|e| context("write", &tmp, e))?;
+        fs.sync_file(&tmp).map_err(|e| context("fsync", &tmp, e))?;
+        fs.rename(&tmp, path)
+            .map_err(|e| context("rename onto", path, e))?;
+        fs.sync_dir(dir).map_err(|e| context("fsync directory", dir, e))
+    })();
+    if result.is_err() {
+        // The rename may or may not have happened; the temp name is ours
+        // either way, and removing a missing file is harmless.
+        let _ = fs.remove_file(&tmp);
+    }
+    result
+}
+
+/// The directory that holds `path` (`.` for a bare name).
+pub(crate) fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The prefix of every temporary file `recovery` makes beside a target, so
+/// a sweep can recognise them.
+pub(crate) const TEMP_PREFIX: &str = ".recovery-tmp.";
+
+/// A temporary name beside `path`, unique within this process and across
+/// processes (the pid).
+fn temp_path(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    parent_of(path).join(format!(
+        "{TEMP_PREFIX}{}.{n}.{name}",
+        std::process::id()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn atomic_write_replaces_the_whole_file_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.txt");
+        atomic_write(&path, b"old content").unwrap();
+        atomic_write(&path, b"new").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(RealFs.read_dir(dir.path()).unwrap(), ["out.txt"]);
+    }
+
+    /// Fails the one operation named, records every call.
+    #[derive(Debug, Default)]
+    struct FailAt {
+        op: &'static str,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl FailAt {
+        fn call(&self, op: &str, path: &Path) -> io::Result<()> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("{op} {}", path.file_name().unwrap().to_string_lossy()));
+            if op == self.op {
+                Err(io::Error::other("injected"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl FileSystem for FailAt {
+        fn create_dir_all(&self, p: &Path) -> io::Result<()> {
+            self.call("mkdir", p)
+        }
+        fn write(&self, p: &Path, d: &[u8]) -> io::Result<()> {
+            self.call("write", p)?;
+            RealFs.write(p, d)
+        }
+        fn append(&self, p: &Path, _: &[u8]) -> io::Result<()> {
+            self.call("append", p)
+        }
+        fn sync_file(&self, p: &Path) -> io::Result<()> {
+            self.call("fsync", p)
+        }
+        fn sync_dir(&self, p: &Path) -> io::Result<()> {
+            self.call("fsync_dir", p)
+        }
+        fn rename(&self, f: &Path, t: &Path) -> io::Result<()> {
+            self.call("rename", f)?;
+            RealFs.rename(f, t)
+        }
+        fn remove_file(&self, p: &Path) -> io::Result<()> {
+            self.call("remove", p)?;
+            RealFs.remove_file(p)
+        }
+        fn remove_dir_all(&self, p: &Path) -> io::Result<()> {
+            self.call("rmdir", p)
+        }
+        fn read(&self, p: &Path, l: u64) -> io::Result<Vec<u8>> {
+            RealFs.read(p, l)
+        }
+        fn open(&self, p: &Path) -> io::Result<Box<dyn Read + Send>> {
+            RealFs.open(p)
+        }
+        fn stat(&self, p: &Path) -> io::Result<Stat> {
+            RealFs.stat(p)
+        }
+        fn read_dir(&self, p: &Path) -> io::Result<Vec<String>> {
+            RealFs.read_dir(p)
+        }
+        fn read_link(&self, p: &Path) -> io::Result<PathBuf> {
+            RealFs.read_link(p)
+        }
+    }
+
+    #[test]
+    fn the_sequence_is_write_fsync_rename_fsync_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let fs = FailAt::default();
+        atomic_write_with(&fs, &path, b"x").unwrap();
+        let calls = fs.calls.lock().unwrap().clone();
+        let ops: Vec<&str> = calls.iter().map(|c| c.split(' ').next().unwrap()).collect();
+        assert_eq!(ops, ["write", "fsync", "rename", "fsync_dir"]);
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_the_write_once_and_keeps_the_old_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        fs::write(&path, b"old").unwrap();
+        let fs = FailAt {
+            op: "fsync",
+            ..FailAt::default()
+        };
+        let err = atomic_write_with(&fs, &path, b"new").unwrap_err();
+        assert!(err.to_string().contains("fsync"), "{err}");
+        assert!(err.to_string().contains(".recovery-tmp."), "names the path: {err}");
+        let calls = fs.calls.lock().unwrap().clone();
+        assert_eq!(calls.iter().filter(|c| c.starts_with("fsync ")).count(), 1);
+        assert!(!calls.iter().any(|c| c.starts_with("rename")));
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert_eq!(RealFs.read_dir(dir.path()).unwrap(), ["t"], "temp removed");
+    }
+
+    #[test]
+    fn bounded_reads_refuse_large_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        fs::write(&path, vec![0u8; 100]).unwrap();
+        assert_eq!(RealFs.read(&path, 100).unwrap().len(), 100);
+        let err = RealFs.read(&path, 99).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+}

@@ -1,0 +1,293 @@
+//! Step markers: the single commit point of a step.
+//!
+//! A marker is written last, atomically, after every output of its step is
+//! durable. It records the format version, the step's name, the
+//! fingerprint of its key and version, the value the step returned, a
+//! manifest of its outputs (relative path, kind, size, BLAKE3 hash) and a
+//! checksum of itself. It counts only if it parses, its checksum holds, its
+//! fingerprint matches and every output in the manifest is intact.
+
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RunError;
+use crate::fs::{EntryKind, FileSystem};
+
+/// The marker format this version writes and reads.
+pub const MARKER_FORMAT: u32 = 1;
+
+/// Markers larger than this are refused (a hostile or corrupt file must not
+/// make the reader allocate without bound).
+pub const MARKER_LIMIT: u64 = 64 << 20;
+
+/// The kind of one manifest entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    /// A regular file, with size and hash.
+    File,
+    /// A directory (its files have entries of their own).
+    Dir,
+    /// A symbolic link, with its target.
+    Symlink,
+}
+
+/// One output recorded in a marker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputEntry {
+    /// Path relative to the run directory, `/`-separated.
+    pub path: String,
+    /// What it is.
+    pub kind: OutputKind,
+    /// Size in bytes (files), 0 otherwise.
+    pub size: u64,
+    /// BLAKE3 of the content (files) or of the link target (symlinks), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+}
+
+/// The content of a marker file, checksum aside.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Marker {
+    /// [`MARKER_FORMAT`] at the time of writing.
+    pub format: u32,
+    /// The step's name.
+    pub step: String,
+    /// The step's version (`version = N`).
+    pub version: u32,
+    /// BLAKE3 of the step's key and version.
+    pub fingerprint: String,
+    /// Where the step is defined (`module::path::function`).
+    pub site: String,
+    /// The value the step returned, as JSON.
+    pub value: serde_json::Value,
+    /// Every output, in a fixed order.
+    pub outputs: Vec<OutputEntry>,
+    /// Wall-clock time of completion, milliseconds since the Unix epoch. The
+    /// only field that differs between two otherwise identical runs.
+    pub completed_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MarkerFile {
+    /// `blake3:` and the hash of the compact JSON of `marker`.
+    checksum: String,
+    marker: Marker,
+}
+
+/// What a marker on disk says.
+#[derive(Debug)]
+pub enum MarkerState {
+    /// No marker: the step has not completed.
+    Missing,
+    /// A marker that holds.
+    Valid(Marker),
+    /// A marker that does not count, and why.
+    Invalid(String),
+}
+
+fn checksum(marker: &Marker) -> Result<String, serde_json::Error> {
+    let bytes = serde_json::to_vec(marker)?;
+    Ok(format!("blake3:{}", blake3::hash(&bytes).to_hex()))
+}
+
+/// The bytes of a marker file.
+pub fn encode(marker: &Marker) -> Result<Vec<u8>, serde_json::Error> {
+    let file = MarkerFile {
+        checksum: checksum(marker)?,
+        marker: marker.clone(),
+    };
+    let mut bytes = serde_json::to_vec_pretty(&file)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// Parses and checks a marker file's bytes. A newer format is an error (a
+/// newer program wrote it; rerunning would discard its work); anything else
+/// that does not hold is `Invalid` with the reason.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<MarkerState, RunError> {
+    let raw: serde_json::Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => return Ok(MarkerState::Invalid(format!("the marker is not valid JSON ({e})"))),
+    };
+    if let Some(found) = raw
+        .pointer("/marker/format")
+        .and_then(serde_json::Value::as_u64)
+        && found > u64::from(MARKER_FORMAT)
+    {
+        return Err(RunError::NewerMarker {
+            path: path.to_owned(),
+            found,
+            supported: MARKER_FORMAT,
+        });
+    }
+    let file: MarkerFile = match serde_json::from_value(raw) {
+        Ok(f) => f,
+        Err(e) => return Ok(MarkerState::Invalid(format!("the marker's fields do not parse ({e})"))),
+    };
+    if file.marker.format != MARKER_FORMAT {
+        return Ok(MarkerState::Invalid(format!(
+            "the marker has format {}, this program reads {MARKER_FORMAT}",
+            file.marker.format
+        )));
+    }
+    match checksum(&file.marker) {
+        Ok(sum) if sum == file.checksum => Ok(MarkerState::Valid(file.marker)),
+        _ => Ok(MarkerState::Invalid(
+            "the marker's checksum does not match its content".into(),
+        )),
+    }
+}
+
+/// Reads the marker at `path`, as [`decode`] says. A symlink is refused.
+pub fn read(fs: &dyn FileSystem, path: &Path) -> Result<MarkerState, RunError> {
+    match fs.stat(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(MarkerState::Missing),
+        Err(e) => return Ok(MarkerState::Invalid(format!("the marker cannot be read ({e})"))),
+        Ok(stat) if stat.kind != EntryKind::File => {
+            return Ok(MarkerState::Invalid(format!(
+                "the marker is not a regular file (a {:?})",
+                stat.kind
+            )));
+        }
+        Ok(_) => {}
+    }
+    match fs.read(path, MARKER_LIMIT) {
+        Ok(bytes) => decode(&bytes, path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(MarkerState::Missing),
+        Err(e) => Ok(MarkerState::Invalid(format!("the marker cannot be read ({e})"))),
+    }
+}
+
+/// BLAKE3 of a file's content, streamed.
+pub fn hash_file(fs: &dyn FileSystem, path: &Path) -> io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(fs.open(path)?)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Checks every output in the manifest against the run directory: kind,
+/// size and hash. Returns the first mismatch, described.
+pub fn verify_outputs(fs: &dyn FileSystem, run_dir: &Path, marker: &Marker) -> Result<(), String> {
+    for entry in &marker.outputs {
+        let path = run_dir.join(&entry.path);
+        let stat = fs
+            .stat(&path)
+            .map_err(|e| format!("output {} is missing or unreadable ({e})", entry.path))?;
+        let expected = match entry.kind {
+            OutputKind::File => EntryKind::File,
+            OutputKind::Dir => EntryKind::Dir,
+            OutputKind::Symlink => EntryKind::Symlink,
+        };
+        if stat.kind != expected {
+            return Err(format!(
+                "output {} is a {:?}, the marker recorded a {:?}",
+                entry.path, stat.kind, entry.kind
+            ));
+        }
+        match entry.kind {
+            OutputKind::File => {
+                if stat.len != entry.size {
+                    return Err(format!(
+                        "output {} has {} bytes, the marker recorded {}",
+                        entry.path, stat.len, entry.size
+                    ));
+                }
+                let hash = hash_file(fs, &path)
+                    .map_err(|e| format!("output {} cannot be read ({e})", entry.path))?;
+                if Some(&hash) != entry.blake3.as_ref() {
+                    return Err(format!("output {} does not match its recorded hash", entry.path));
+                }
+            }
+            OutputKind::Symlink => {
+                let target = fs
+                    .read_link(&path)
+                    .map_err(|e| format!("output {} cannot be read ({e})", entry.path))?;
+                let hash = blake3::hash(target.as_os_str().as_encoded_bytes()).to_hex().to_string();
+                if Some(&hash) != entry.blake3.as_ref() {
+                    return Err(format!("output {} points elsewhere than recorded", entry.path));
+                }
+            }
+            OutputKind::Dir => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker() -> Marker {
+        Marker {
+            format: MARKER_FORMAT,
+            step: "clone".into(),
+            version: 1,
+            fingerprint: "blake3:00".into(),
+            site: "m::f".into(),
+            value: serde_json::json!({"path": "repo", "n": 1.5}),
+            outputs: vec![OutputEntry {
+                path: "repo/a".into(),
+                kind: OutputKind::File,
+                size: 3,
+                blake3: Some("ab".into()),
+            }],
+            completed_at_ms: 1,
+        }
+    }
+
+    fn decoded(bytes: &[u8]) -> MarkerState {
+        decode(bytes, Path::new("m.json")).unwrap()
+    }
+
+    #[test]
+    fn round_trips() {
+        let bytes = encode(&marker()).unwrap();
+        match decoded(&bytes) {
+            MarkerState::Valid(m) => assert_eq!(m, marker()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_caught() {
+        let bytes = encode(&marker()).unwrap();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            match decode(&b, Path::new("m.json")) {
+                Ok(MarkerState::Invalid(_)) => {}
+                // Flipping whitespace, or a case that keeps the JSON equal
+                // in meaning, leaves a marker that still says the same.
+                Ok(MarkerState::Valid(m)) => assert_eq!(m, marker(), "byte {i} changed meaning"),
+                other => panic!("byte {i}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_invalid() {
+        let bytes = encode(&marker()).unwrap();
+        // The last byte is the newline: dropping it alone changes nothing.
+        for len in 0..bytes.len() - 1 {
+            assert!(matches!(decoded(&bytes[..len]), MarkerState::Invalid(_)), "len {len}");
+        }
+    }
+
+    #[test]
+    fn a_newer_format_is_an_error_not_a_rerun() {
+        let mut m = marker();
+        m.format = MARKER_FORMAT + 1;
+        let err = decode(&encode(&m).unwrap(), Path::new("m.json")).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn garbage_and_empty_are_invalid() {
+        assert!(matches!(decoded(b""), MarkerState::Invalid(_)));
+        assert!(matches!(decoded(b"\xff\xfe garbage"), MarkerState::Invalid(_)));
+        assert!(matches!(decoded(b"{\"checksum\":1}"), MarkerState::Invalid(_)));
+    }
+}

@@ -1,0 +1,119 @@
+//! Which step names and output paths are safe to turn into file names.
+//! The same rules as `#[resumable_step]` checks at compile time.
+
+use std::path::{Component, Path};
+
+use crate::error::RunError;
+
+/// The longest step name: it becomes a file name, with a suffix.
+pub const MAX_STEP_NAME: usize = 100;
+
+/// Names in the run directory that outputs may not take.
+pub const RESERVED: &[&str] = &["run.json", "state", "staging", "events.jsonl", "issues.jsonl"];
+
+/// Checks a step name: non-empty, at most 100 characters of
+/// `[A-Za-z0-9_.-]`, not `.` or `..`.
+pub fn check_step_name(name: &str) -> Result<(), RunError> {
+    let fail = |reason: String| {
+        Err(RunError::InvalidStepName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return fail("it is empty".into());
+    }
+    if name == "." || name == ".." {
+        return fail(format!("{name:?} names a directory"));
+    }
+    if name.len() > MAX_STEP_NAME {
+        return fail(format!("it is longer than {MAX_STEP_NAME} characters"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        let what = match c {
+            '/' | '\\' => "a path separator".to_string(),
+            '\0' => "a NUL byte".to_string(),
+            c => format!("the character {c:?}"),
+        };
+        return fail(format!("it contains {what}"));
+    }
+    Ok(())
+}
+
+/// Checks an output path: relative, inside the run directory (no `..`, no
+/// root, no `.`), no NUL byte, not one of the run's own files, and returns
+/// it `/`-separated.
+pub fn check_output_path(path: &str) -> Result<String, RunError> {
+    let fail = |reason: &str| {
+        Err(RunError::InvalidOutputPath {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        })
+    };
+    if path.is_empty() {
+        return fail("it is empty");
+    }
+    if path.contains('\0') {
+        return fail("it contains a NUL byte");
+    }
+    let mut parts = Vec::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(part) => match part.to_str() {
+                Some(p) => parts.push(p),
+                None => return fail("it is not UTF-8"),
+            },
+            Component::ParentDir => return fail("`..` would leave the run directory"),
+            Component::CurDir => return fail("write it without `.` components"),
+            Component::RootDir | Component::Prefix(_) => {
+                return fail("it is absolute; give a path relative to the run directory");
+            }
+        }
+    }
+    if parts.is_empty() {
+        return fail("it names no file");
+    }
+    if RESERVED.contains(&parts[0]) {
+        return fail("the run directory uses this name for itself");
+    }
+    Ok(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_names() {
+        for ok in ["clone", "stage-2", "v1.2_x", "a"] {
+            check_step_name(ok).unwrap();
+        }
+        let reason = |n: &str| check_step_name(n).unwrap_err().to_string();
+        assert!(reason("").contains("empty"));
+        assert!(reason("..").contains("directory"));
+        assert!(reason("a/b").contains("path separator"));
+        assert!(reason("a\\b").contains("path separator"));
+        assert!(reason("a\0b").contains("NUL"));
+        assert!(reason("café").contains("'é'"));
+        assert!(reason(&"x".repeat(101)).contains("longer"));
+    }
+
+    #[test]
+    fn output_paths() {
+        assert_eq!(check_output_path("repo").unwrap(), "repo");
+        assert_eq!(check_output_path("artifacts/a.json").unwrap(), "artifacts/a.json");
+        assert_eq!(check_output_path("a//b/").unwrap(), "a/b");
+        let reason = |p: &str| check_output_path(p).unwrap_err().to_string();
+        assert!(reason("").contains("empty"));
+        assert!(reason("../x").contains(".."));
+        assert!(reason("a/../../x").contains(".."));
+        assert!(reason("/etc/passwd").contains("absolute"));
+        assert!(reason("./a").contains("`.`"));
+        assert!(reason("a\0b").contains("NUL"));
+        assert!(reason("state/x").contains("uses this name"));
+        assert!(reason("events.jsonl").contains("uses this name"));
+    }
+}

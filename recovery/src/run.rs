@@ -1,0 +1,451 @@
+//! The run directory: where a pipeline keeps its step markers, its staging
+//! area, its event log and its issue log.
+//!
+//! ```text
+//! RUN_DIR/
+//!   run.json            identifies the directory as a run (format version)
+//!   state/steps/*.json  one marker per completed step
+//!   state/locks/*.lock  one lock file per step (flock: held while it runs)
+//!   staging/            outputs being written; swept when the run is opened
+//!   events.jsonl        append-only event log, one JSON object per line
+//!   issues.jsonl        append-only issue log, one JSON object per line
+//!   ...                 the steps' outputs, at the paths they chose
+//! ```
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::context::{Context, Observer};
+use crate::error::RunError;
+use crate::event::Event;
+use crate::fs::{EntryKind, FileSystem, RealFs, TEMP_PREFIX, atomic_write_with};
+use crate::issue::IssueRecord;
+use crate::names::check_step_name;
+
+/// The `run.json` format this version writes and reads.
+pub const RUN_FORMAT: u32 = 1;
+
+/// Event and issue logs longer than this are refused when read back.
+pub const LOG_LIMIT: u64 = 256 << 20;
+
+#[derive(Serialize, Deserialize)]
+struct RunFile {
+    format: u32,
+    kind: String,
+}
+
+const RUN_KIND: &str = "recovery-run";
+
+/// An open run directory. Cheap to clone; clones share one directory.
+#[derive(Clone, Debug)]
+pub struct Run {
+    inner: Arc<RunInner>,
+}
+
+#[derive(Debug)]
+struct RunInner {
+    dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    /// Step name → the function that uses it, to catch two steps sharing a
+    /// name.
+    sites: Mutex<HashMap<String, String>>,
+}
+
+impl Run {
+    /// Creates or reopens the run directory `dir` on the real file system,
+    /// and sweeps what a crash left in its staging area.
+    ///
+    /// ```
+    /// let tmp = tempfile::tempdir()?;
+    /// let run = recovery::Run::open(tmp.path().join("nightly"))?;
+    /// assert!(run.dir().join("run.json").is_file());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When `dir` cannot be created, is a non-empty directory that is not a
+    /// run, or holds a `run.json` of a newer format.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Run, RunError> {
+        Run::open_with(dir, Arc::new(RealFs))
+    }
+
+    /// [`Run::open`] through a given [`FileSystem`] (fault injection, tests).
+    pub fn open_with(dir: impl AsRef<Path>, fs: Arc<dyn FileSystem>) -> Result<Run, RunError> {
+        let given = dir.as_ref();
+        fs.create_dir_all(given)
+            .map_err(|e| RunError::io("create run directory", given, e))?;
+        let dir = std::path::absolute(given)
+            .map_err(|e| RunError::io("resolve run directory", given, e))?;
+        let run = Run {
+            inner: Arc::new(RunInner {
+                dir,
+                fs,
+                sites: Mutex::new(HashMap::new()),
+            }),
+        };
+        run.check_or_init()?;
+        for sub in [run.steps_dir(), run.locks_dir(), run.staging_dir()] {
+            run.fs()
+                .create_dir_all(&sub)
+                .map_err(|e| RunError::io("create", &sub, e))?;
+        }
+        run.sweep()?;
+        Ok(run)
+    }
+
+    /// Makes sure the directory is a run (or empty, and makes it one).
+    fn check_or_init(&self) -> Result<(), RunError> {
+        let fs = self.fs();
+        let path = self.dir().join("run.json");
+        match fs.stat(&path) {
+            Ok(stat) if stat.kind == EntryKind::File => {
+                let bytes = fs
+                    .read(&path, 1 << 20)
+                    .map_err(|e| RunError::io("read", &path, e))?;
+                let bad = |reason: String| RunError::BadRunFile {
+                    path: path.clone(),
+                    reason,
+                };
+                let file: RunFile = serde_json::from_slice(&bytes)
+                    .map_err(|e| bad(format!("not a run file ({e}); restore it or start a new run")))?;
+                if file.kind != RUN_KIND {
+                    return Err(bad(format!("kind {:?} is not {RUN_KIND:?}", file.kind)));
+                }
+                if file.format > RUN_FORMAT {
+                    return Err(bad(format!(
+                        "format {} is newer than the {RUN_FORMAT} this program reads; upgrade recovery",
+                        file.format
+                    )));
+                }
+                Ok(())
+            }
+            Ok(_) => Err(RunError::BadRunFile {
+                path,
+                reason: "is not a regular file".into(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let entries = fs
+                    .read_dir(self.dir())
+                    .map_err(|e| RunError::io("list", self.dir(), e))?;
+                if !entries.is_empty() {
+                    return Err(RunError::NotARunDirectory {
+                        path: self.dir().to_owned(),
+                    });
+                }
+                let bytes = serde_json::to_vec_pretty(&RunFile {
+                    format: RUN_FORMAT,
+                    kind: RUN_KIND.into(),
+                })
+                .map_err(|e| RunError::BadRunFile {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                atomic_write_with(fs, &path, &bytes).map_err(|e| RunError::io("write", &path, e))
+            }
+            Err(e) => Err(RunError::io("inspect", &path, e)),
+        }
+    }
+
+    /// Removes what crashed steps left behind: their staging directories
+    /// and half-written markers. A step that another process is running
+    /// right now holds its lock, and its files are left alone.
+    fn sweep(&self) -> Result<(), RunError> {
+        let fs = self.fs();
+        let staging = self.staging_dir();
+        let names = fs
+            .read_dir(&staging)
+            .map_err(|e| RunError::io("list", &staging, e))?;
+        for name in names {
+            let Some((step, _)) = name.split_once('@') else {
+                continue;
+            };
+            if let Some(_lock) = self.try_lock_step(step)? {
+                let path = staging.join(&name);
+                let removed = match fs.stat(&path) {
+                    Ok(s) if s.kind == EntryKind::Dir => fs.remove_dir_all(&path),
+                    _ => fs.remove_file(&path),
+                };
+                removed.map_err(|e| RunError::io("remove leftover", &path, e))?;
+            }
+        }
+        let steps = self.steps_dir();
+        let names = fs
+            .read_dir(&steps)
+            .map_err(|e| RunError::io("list", &steps, e))?;
+        for name in names {
+            let Some(step) = temp_marker_step(&name) else {
+                continue;
+            };
+            if let Some(_lock) = self.try_lock_step(step)? {
+                let path = steps.join(&name);
+                fs.remove_file(&path)
+                    .map_err(|e| RunError::io("remove leftover", &path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The run directory, absolute.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub(crate) fn fs(&self) -> &dyn FileSystem {
+        &*self.inner.fs
+    }
+
+    pub(crate) fn steps_dir(&self) -> PathBuf {
+        self.dir().join("state").join("steps")
+    }
+
+    fn locks_dir(&self) -> PathBuf {
+        self.dir().join("state").join("locks")
+    }
+
+    pub(crate) fn staging_dir(&self) -> PathBuf {
+        self.dir().join("staging")
+    }
+
+    /// The event log.
+    pub fn events_path(&self) -> PathBuf {
+        self.dir().join("events.jsonl")
+    }
+
+    /// The issue log.
+    pub fn issues_path(&self) -> PathBuf {
+        self.dir().join("issues.jsonl")
+    }
+
+    /// Where the marker of `step` lives.
+    pub fn marker_path(&self, step: &str) -> PathBuf {
+        self.steps_dir().join(format!("{step}.json"))
+    }
+
+    /// Remembers that `site` uses the step name `name`; two different sites
+    /// with one name are an error.
+    pub(crate) fn register(&self, name: &str, site: &str) -> Result<(), RunError> {
+        check_step_name(name)?;
+        let mut sites = self
+            .inner
+            .sites
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match sites.get(name) {
+            Some(first) if first != site => Err(RunError::DuplicateStepName {
+                name: name.to_owned(),
+                first: first.clone(),
+                second: site.to_owned(),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                sites.insert(name.to_owned(), site.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    fn lock_file(&self, step: &str) -> Result<File, RunError> {
+        check_step_name(step)?;
+        let path = self.locks_dir().join(format!("{step}.lock"));
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| RunError::io("open lock", path, e))
+    }
+
+    /// Takes the step's lock, waiting while another process (or thread)
+    /// holds it. The kernel releases it if the holder dies.
+    pub(crate) fn lock_step(&self, step: &str) -> Result<File, RunError> {
+        let file = self.lock_file(step)?;
+        file.lock()
+            .map_err(|e| RunError::io("lock", self.locks_dir().join(step), e))?;
+        Ok(file)
+    }
+
+    /// Takes the step's lock if it is free.
+    pub(crate) fn try_lock_step(&self, step: &str) -> Result<Option<File>, RunError> {
+        if check_step_name(step).is_err() {
+            // Not a name we would have written: leave it alone.
+            return Ok(None);
+        }
+        let file = self.lock_file(step)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(RunError::io("lock", self.locks_dir().join(step), e))
+            }
+        }
+    }
+
+    /// Appends one record to a log. Logs are records of what happened, not
+    /// commit points: a line is written with one `write` and not synced; a
+    /// crash may cut the last line, which readers skip.
+    fn append(&self, path: &Path, record: &impl Serialize) {
+        let line = match serde_json::to_vec(record) {
+            Ok(mut line) => {
+                line.push(b'\n');
+                line
+            }
+            Err(_) => return,
+        };
+        if let Err(_e) = self.fs().append(path, &line) {
+            #[cfg(feature = "tracing")]
+            tracing::warn!(path = %path.display(), error = %_e, "could not append to the run's log");
+        }
+    }
+
+    /// Appends an event to the event log.
+    pub fn log_event(&self, event: &Event) {
+        self.append(&self.events_path(), event);
+    }
+
+    /// Appends an issue record to the issue log.
+    pub fn log_issue(&self, issue: &IssueRecord) {
+        self.append(&self.issues_path(), issue);
+    }
+
+    /// The events logged so far. Lines that do not parse (a line cut by a
+    /// crash, a kind from a newer version) are skipped and counted.
+    pub fn events(&self) -> Result<LogRead<Event>, RunError> {
+        self.read_log(&self.events_path())
+    }
+
+    /// The issue records logged so far; see [`Run::events`].
+    pub fn issues(&self) -> Result<LogRead<IssueRecord>, RunError> {
+        self.read_log(&self.issues_path())
+    }
+
+    fn read_log<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<LogRead<T>, RunError> {
+        let bytes = match self.fs().read(path, LOG_LIMIT) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(RunError::io("read", path, e)),
+        };
+        Ok(parse_log(&bytes))
+    }
+
+    /// A context whose observer writes to this run's logs and forwards to
+    /// the observer of `outer`.
+    pub(crate) fn context(&self, outer: &Context) -> Context {
+        outer.with_observer(Arc::new(RunObserver {
+            run: self.clone(),
+            outer: outer.clone(),
+        }))
+    }
+}
+
+/// Records read back from a log.
+#[derive(Debug)]
+pub struct LogRead<T> {
+    /// The records that parsed, in order.
+    pub records: Vec<T>,
+    /// Lines that did not parse (a line cut by a crash, garbage).
+    pub skipped: usize,
+}
+
+/// Parses JSON lines, skipping the ones that do not parse.
+pub fn parse_log<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> LogRead<T> {
+    let mut records = Vec::new();
+    let mut skipped = 0;
+    for line in bytes.split(|b| *b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice(line) {
+            Ok(r) => records.push(r),
+            Err(_) => skipped += 1,
+        }
+    }
+    LogRead { records, skipped }
+}
+
+/// The step whose marker a leftover temporary file was meant to become:
+/// `.recovery-tmp.<pid>.<n>.<step>.json`.
+fn temp_marker_step(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(TEMP_PREFIX)?;
+    let mut parts = rest.splitn(3, '.');
+    let (_pid, _n, file) = (parts.next()?, parts.next()?, parts.next()?);
+    file.strip_suffix(".json")
+}
+
+/// Writes events and issues to the run's logs, then passes them on.
+struct RunObserver {
+    run: Run,
+    outer: Context,
+}
+
+impl Observer for RunObserver {
+    fn on_event(&self, event: &Event) {
+        self.run.log_event(event);
+        self.outer.forward_event(event);
+    }
+
+    fn on_issue(&self, issue: &IssueRecord) {
+        self.run.log_issue(issue);
+        self.outer.forward_issue(issue);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_creates_the_layout_and_reopens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let run = Run::open(&dir).unwrap();
+        for p in ["run.json", "state/steps", "state/locks", "staging"] {
+            assert!(dir.join(p).exists(), "{p}");
+        }
+        drop(run);
+        Run::open(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_foreign_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("thesis.tex"), "precious").unwrap();
+        let err = Run::open(tmp.path()).unwrap_err();
+        assert!(matches!(err, RunError::NotARunDirectory { .. }), "{err}");
+        assert_eq!(std::fs::read(tmp.path().join("thesis.tex")).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn a_corrupt_or_newer_run_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        Run::open(tmp.path()).unwrap();
+        std::fs::write(tmp.path().join("run.json"), "{garbage").unwrap();
+        assert!(Run::open(tmp.path()).unwrap_err().to_string().contains("not a run file"));
+        std::fs::write(
+            tmp.path().join("run.json"),
+            r#"{"format":99,"kind":"recovery-run"}"#,
+        )
+        .unwrap();
+        assert!(Run::open(tmp.path()).unwrap_err().to_string().contains("newer"));
+    }
+
+    #[test]
+    fn logs_skip_cut_and_garbage_lines() {
+        let log: LogRead<Event> = parse_log(
+            b"{\"event\":\"STEP_RESUMED\",\"step\":\"a\"}\n\ngarbage\n{\"event\":\"STEP_RES",
+        );
+        assert_eq!(log.records.len(), 1);
+        assert_eq!(log.skipped, 2);
+    }
+
+    #[test]
+    fn temp_marker_names_are_recognised() {
+        assert_eq!(temp_marker_step(".recovery-tmp.12.3.clone.json"), Some("clone"));
+        assert_eq!(temp_marker_step(".recovery-tmp.12.3.a.b.json"), Some("a.b"));
+        assert_eq!(temp_marker_step("clone.json"), None);
+    }
+}
