@@ -6,6 +6,7 @@ mod duration;
 mod errors;
 mod function;
 mod meta;
+mod resumable_step;
 mod retryable;
 mod suggest;
 mod value;
@@ -16,4 +17,10 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn retryable(attr: TokenStream, item: TokenStream) -> TokenStream {
     retryable::expand(attr.into(), item.into()).into()
+}
+
+/// Makes a function a resumable step of a run. Documented in `recovery`.
+#[proc_macro_attribute]
+pub fn resumable_step(attr: TokenStream, item: TokenStream) -> TokenStream {
+    resumable_step::expand(attr.into(), item.into()).into()
 }

@@ -199,11 +199,13 @@ pub fn atomic_write_with(fs: &dyn FileSystem, path: &Path, data: &[u8]) -> io::R
     let dir = parent_of(path);
     let tmp = temp_path(path);
     let result = (|| {
-        fs.write(&tmp, data).map_err(|e| context("write", &tmp, e))?;
+        fs.write(&tmp, data)
+            .map_err(|e| context("write", &tmp, e))?;
         fs.sync_file(&tmp).map_err(|e| context("fsync", &tmp, e))?;
         fs.rename(&tmp, path)
             .map_err(|e| context("rename onto", path, e))?;
-        fs.sync_dir(dir).map_err(|e| context("fsync directory", dir, e))
+        fs.sync_dir(dir)
+            .map_err(|e| context("fsync directory", dir, e))
     })();
     if result.is_err() {
         // The rename may or may not have happened; the temp name is ours
@@ -234,10 +236,7 @@ fn temp_path(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    parent_of(path).join(format!(
-        "{TEMP_PREFIX}{}.{n}.{name}",
-        std::process::id()
-    ))
+    parent_of(path).join(format!("{TEMP_PREFIX}{}.{n}.{name}", std::process::id()))
 }
 
 #[cfg(test)]
@@ -264,10 +263,10 @@ mod tests {
 
     impl FailAt {
         fn call(&self, op: &str, path: &Path) -> io::Result<()> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(format!("{op} {}", path.file_name().unwrap().to_string_lossy()));
+            self.calls.lock().unwrap().push(format!(
+                "{op} {}",
+                path.file_name().unwrap().to_string_lossy()
+            ));
             if op == self.op {
                 Err(io::Error::other("injected"))
             } else {
@@ -343,7 +342,10 @@ mod tests {
         };
         let err = atomic_write_with(&fs, &path, b"new").unwrap_err();
         assert!(err.to_string().contains("fsync"), "{err}");
-        assert!(err.to_string().contains(".recovery-tmp."), "names the path: {err}");
+        assert!(
+            err.to_string().contains(".recovery-tmp."),
+            "names the path: {err}"
+        );
         let calls = fs.calls.lock().unwrap().clone();
         assert_eq!(calls.iter().filter(|c| c.starts_with("fsync ")).count(), 1);
         assert!(!calls.iter().any(|c| c.starts_with("rename")));

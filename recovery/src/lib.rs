@@ -59,12 +59,12 @@ pub use context::{
     Context, ContextBuilder, GlobalAlreadySet, Observer, Recorder, Scoped, Sleep, Sleeper,
     VirtualClock, WithContext,
 };
-pub use event::Event;
-pub use issue::{IssueCode, IssueRecord, Severity};
-pub use policy::{DEFAULT_MAX_ATTEMPTS, RetryPolicy};
 pub use error::RunError;
+pub use event::Event;
 pub use fs::{atomic_write, atomic_write_with};
+pub use issue::{IssueCode, IssueRecord, Severity};
 pub use names::{check_output_path, check_step_name};
+pub use policy::{DEFAULT_MAX_ATTEMPTS, RetryPolicy};
 pub use retry::{Retrier, retry, retry_async};
 pub use run::{LogRead, Run, parse_log};
 pub use step::{
@@ -119,6 +119,53 @@ pub use step::{
 /// Under `#[async_trait]` the method is already a boxed future when this
 /// attribute sees it and is refused: retry an inner `async fn` instead.
 pub use recovery_macros::retryable;
+
+/// Makes a function a resumable step of a [`Run`]: when the step is done,
+/// the body does not run and the recorded value is returned.
+///
+/// ```
+/// use recovery::{resumable_step, Run};
+///
+/// #[resumable_step("count", key = text)]
+/// fn count_words(run: &Run, text: &str, calls: &mut u32) -> std::io::Result<usize> {
+///     *calls += 1;
+///     let n = text.split_whitespace().count();
+///     run.write_output("counts/words.txt", n.to_string().as_bytes())?;
+///     Ok(n)
+/// }
+///
+/// let tmp = tempfile::tempdir()?;
+/// let run = Run::open(tmp.path())?;
+/// let mut calls = 0;
+/// assert_eq!(count_words(&run, "a b c", &mut calls)?, 3);
+/// assert_eq!(count_words(&run, "a b c", &mut calls)?, 3); // resumed
+/// assert_eq!(calls, 1);
+/// assert_eq!(std::fs::read_to_string(run.dir().join("counts/words.txt"))?, "3");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Arguments
+/// | key | value | default |
+/// |---|---|---|
+/// | name (first, a string) | the step's name: `[A-Za-z0-9_.-]`, unique in the run | required |
+/// | `key` | a serialisable value fingerprinted into the marker; a different key reruns the step | `()` |
+/// | `version` | integer; bump it to rerun the step after its code changed | `1` |
+/// | `run` | where the [`Run`] comes from, when no parameter has type `&Run` | the `&Run` parameter |
+/// | `crate` | path to `recovery` if renamed | `"recovery"` |
+///
+/// # What it does
+/// The function must return `Result<T, E>` with `T: Serialize +
+/// DeserializeOwned` and `E: From<RunError> + Display`. When the step's
+/// marker holds (checksum, fingerprint, every output's size and hash), the
+/// body does not run, `T` is read from the marker and `STEP_RESUMED` is
+/// logged. Otherwise the step's lock is taken, the body runs with the step
+/// current (so [`Run::output_dir`], [`Run::output_file`] and
+/// [`Run::write_output`] stage outputs), the outputs are committed, the
+/// marker is written and `STEP_COMPLETED` is logged. A failing step writes
+/// no marker and records a `STEP_FAILED` issue. A `#[retryable]` placed
+/// under this attribute retries the body inside the step: the resume check
+/// runs once. Events of retries inside a step land in the run's event log.
+pub use recovery_macros::resumable_step;
 
 /// Not public API: what the macros expand to. Changes without notice.
 #[doc(hidden)]

@@ -110,7 +110,11 @@ pub fn encode(marker: &Marker) -> Result<Vec<u8>, serde_json::Error> {
 pub fn decode(bytes: &[u8], path: &Path) -> Result<MarkerState, RunError> {
     let raw: serde_json::Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
-        Err(e) => return Ok(MarkerState::Invalid(format!("the marker is not valid JSON ({e})"))),
+        Err(e) => {
+            return Ok(MarkerState::Invalid(format!(
+                "the marker is not valid JSON ({e})"
+            )));
+        }
     };
     if let Some(found) = raw
         .pointer("/marker/format")
@@ -125,7 +129,11 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<MarkerState, RunError> {
     }
     let file: MarkerFile = match serde_json::from_value(raw) {
         Ok(f) => f,
-        Err(e) => return Ok(MarkerState::Invalid(format!("the marker's fields do not parse ({e})"))),
+        Err(e) => {
+            return Ok(MarkerState::Invalid(format!(
+                "the marker's fields do not parse ({e})"
+            )));
+        }
     };
     if file.marker.format != MARKER_FORMAT {
         return Ok(MarkerState::Invalid(format!(
@@ -145,7 +153,11 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<MarkerState, RunError> {
 pub fn read(fs: &dyn FileSystem, path: &Path) -> Result<MarkerState, RunError> {
     match fs.stat(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(MarkerState::Missing),
-        Err(e) => return Ok(MarkerState::Invalid(format!("the marker cannot be read ({e})"))),
+        Err(e) => {
+            return Ok(MarkerState::Invalid(format!(
+                "the marker cannot be read ({e})"
+            )));
+        }
         Ok(stat) if stat.kind != EntryKind::File => {
             return Ok(MarkerState::Invalid(format!(
                 "the marker is not a regular file (a {:?})",
@@ -157,7 +169,9 @@ pub fn read(fs: &dyn FileSystem, path: &Path) -> Result<MarkerState, RunError> {
     match fs.read(path, MARKER_LIMIT) {
         Ok(bytes) => decode(&bytes, path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(MarkerState::Missing),
-        Err(e) => Ok(MarkerState::Invalid(format!("the marker cannot be read ({e})"))),
+        Err(e) => Ok(MarkerState::Invalid(format!(
+            "the marker cannot be read ({e})"
+        ))),
     }
 }
 
@@ -198,16 +212,24 @@ pub fn verify_outputs(fs: &dyn FileSystem, run_dir: &Path, marker: &Marker) -> R
                 let hash = hash_file(fs, &path)
                     .map_err(|e| format!("output {} cannot be read ({e})", entry.path))?;
                 if Some(&hash) != entry.blake3.as_ref() {
-                    return Err(format!("output {} does not match its recorded hash", entry.path));
+                    return Err(format!(
+                        "output {} does not match its recorded hash",
+                        entry.path
+                    ));
                 }
             }
             OutputKind::Symlink => {
                 let target = fs
                     .read_link(&path)
                     .map_err(|e| format!("output {} cannot be read ({e})", entry.path))?;
-                let hash = blake3::hash(target.as_os_str().as_encoded_bytes()).to_hex().to_string();
+                let hash = blake3::hash(target.as_os_str().as_encoded_bytes())
+                    .to_hex()
+                    .to_string();
                 if Some(&hash) != entry.blake3.as_ref() {
-                    return Err(format!("output {} points elsewhere than recorded", entry.path));
+                    return Err(format!(
+                        "output {} points elsewhere than recorded",
+                        entry.path
+                    ));
                 }
             }
             OutputKind::Dir => {}
@@ -272,7 +294,10 @@ mod tests {
         let bytes = encode(&marker()).unwrap();
         // The last byte is the newline: dropping it alone changes nothing.
         for len in 0..bytes.len() - 1 {
-            assert!(matches!(decoded(&bytes[..len]), MarkerState::Invalid(_)), "len {len}");
+            assert!(
+                matches!(decoded(&bytes[..len]), MarkerState::Invalid(_)),
+                "len {len}"
+            );
         }
     }
 
@@ -287,7 +312,13 @@ mod tests {
     #[test]
     fn garbage_and_empty_are_invalid() {
         assert!(matches!(decoded(b""), MarkerState::Invalid(_)));
-        assert!(matches!(decoded(b"\xff\xfe garbage"), MarkerState::Invalid(_)));
-        assert!(matches!(decoded(b"{\"checksum\":1}"), MarkerState::Invalid(_)));
+        assert!(matches!(
+            decoded(b"\xff\xfe garbage"),
+            MarkerState::Invalid(_)
+        ));
+        assert!(matches!(
+            decoded(b"{\"checksum\":1}"),
+            MarkerState::Invalid(_)
+        ));
     }
 }

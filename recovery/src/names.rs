@@ -9,7 +9,13 @@ use crate::error::RunError;
 pub const MAX_STEP_NAME: usize = 100;
 
 /// Names in the run directory that outputs may not take.
-pub const RESERVED: &[&str] = &["run.json", "state", "staging", "events.jsonl", "issues.jsonl"];
+pub const RESERVED: &[&str] = &[
+    "run.json",
+    "state",
+    "staging",
+    "events.jsonl",
+    "issues.jsonl",
+];
 
 /// Checks a step name: non-empty, at most 100 characters of
 /// `[A-Za-z0-9_.-]`, not `.` or `..`.
@@ -104,7 +110,10 @@ mod tests {
     #[test]
     fn output_paths() {
         assert_eq!(check_output_path("repo").unwrap(), "repo");
-        assert_eq!(check_output_path("artifacts/a.json").unwrap(), "artifacts/a.json");
+        assert_eq!(
+            check_output_path("artifacts/a.json").unwrap(),
+            "artifacts/a.json"
+        );
         assert_eq!(check_output_path("a//b/").unwrap(), "a/b");
         let reason = |p: &str| check_output_path(p).unwrap_err().to_string();
         assert!(reason("").contains("empty"));

@@ -111,8 +111,11 @@ impl Run {
                     path: path.clone(),
                     reason,
                 };
-                let file: RunFile = serde_json::from_slice(&bytes)
-                    .map_err(|e| bad(format!("not a run file ({e}); restore it or start a new run")))?;
+                let file: RunFile = serde_json::from_slice(&bytes).map_err(|e| {
+                    bad(format!(
+                        "not a run file ({e}); restore it or start a new run"
+                    ))
+                })?;
                 if file.kind != RUN_KIND {
                     return Err(bad(format!("kind {:?} is not {RUN_KIND:?}", file.kind)));
                 }
@@ -323,7 +326,10 @@ impl Run {
         self.read_log(&self.issues_path())
     }
 
-    fn read_log<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<LogRead<T>, RunError> {
+    fn read_log<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &Path,
+    ) -> Result<LogRead<T>, RunError> {
         let bytes = match self.fs().read(path, LOG_LIMIT) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -416,7 +422,10 @@ mod tests {
         std::fs::write(tmp.path().join("thesis.tex"), "precious").unwrap();
         let err = Run::open(tmp.path()).unwrap_err();
         assert!(matches!(err, RunError::NotARunDirectory { .. }), "{err}");
-        assert_eq!(std::fs::read(tmp.path().join("thesis.tex")).unwrap(), b"precious");
+        assert_eq!(
+            std::fs::read(tmp.path().join("thesis.tex")).unwrap(),
+            b"precious"
+        );
     }
 
     #[test]
@@ -424,13 +433,23 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         Run::open(tmp.path()).unwrap();
         std::fs::write(tmp.path().join("run.json"), "{garbage").unwrap();
-        assert!(Run::open(tmp.path()).unwrap_err().to_string().contains("not a run file"));
+        assert!(
+            Run::open(tmp.path())
+                .unwrap_err()
+                .to_string()
+                .contains("not a run file")
+        );
         std::fs::write(
             tmp.path().join("run.json"),
             r#"{"format":99,"kind":"recovery-run"}"#,
         )
         .unwrap();
-        assert!(Run::open(tmp.path()).unwrap_err().to_string().contains("newer"));
+        assert!(
+            Run::open(tmp.path())
+                .unwrap_err()
+                .to_string()
+                .contains("newer")
+        );
     }
 
     #[test]
@@ -444,7 +463,10 @@ mod tests {
 
     #[test]
     fn temp_marker_names_are_recognised() {
-        assert_eq!(temp_marker_step(".recovery-tmp.12.3.clone.json"), Some("clone"));
+        assert_eq!(
+            temp_marker_step(".recovery-tmp.12.3.clone.json"),
+            Some("clone")
+        );
         assert_eq!(temp_marker_step(".recovery-tmp.12.3.a.b.json"), Some("a.b"));
         assert_eq!(temp_marker_step("clone.json"), None);
     }

@@ -62,14 +62,16 @@ impl Fingerprint {
             key: &'a K,
             version: u32,
         }
-        let bytes = serde_json::to_vec(&Keyed { key, version }).map_err(|source| {
-            RunError::Serialize {
+        let bytes =
+            serde_json::to_vec(&Keyed { key, version }).map_err(|source| RunError::Serialize {
                 step: step.to_owned(),
                 what: "key",
                 source,
-            }
-        })?;
-        Ok(Fingerprint(format!("blake3:{}", blake3::hash(&bytes).to_hex())))
+            })?;
+        Ok(Fingerprint(format!(
+            "blake3:{}",
+            blake3::hash(&bytes).to_hex()
+        )))
     }
 
     /// `blake3:` and the hex digest.
@@ -213,10 +215,10 @@ impl StepState {
         let lock = self.run.lock_step(&self.name)?;
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let staging = self
-            .run
-            .staging_dir()
-            .join(format!("{}@{}.{n}", self.name, std::process::id()));
+        let staging =
+            self.run
+                .staging_dir()
+                .join(format!("{}@{}.{n}", self.name, std::process::id()));
         self.run
             .fs()
             .create_dir_all(&staging)
@@ -227,6 +229,7 @@ impl StepState {
                 step: self.name.clone(),
                 staging,
                 outputs: Mutex::new(Vec::new()),
+                next_output: AtomicU64::new(0),
             }),
             _lock: lock,
         })
@@ -267,6 +270,7 @@ struct Active {
     step: String,
     staging: PathBuf,
     outputs: Mutex<Vec<Staged>>,
+    next_output: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
@@ -286,17 +290,33 @@ impl Active {
             .outputs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(other) = outputs.iter().find(|o| overlaps(&o.rel, &rel)) {
-            return Err(RunError::InvalidOutputPath {
-                path: path.to_owned(),
-                reason: format!("it overlaps the output {:?} of this step", other.rel),
-            });
-        }
-        let staging = self.staging.join(format!("o{}", outputs.len()));
+        let fs = self.run.fs();
+        let staging = match outputs.iter().position(|o| o.rel == rel) {
+            // Declared again (a retried attempt): start it afresh, so a
+            // retry never leaves the first attempt's files behind.
+            Some(i) => {
+                let staging = outputs.remove(i).staging;
+                let cleared = match fs.stat(&staging) {
+                    Ok(s) if s.kind == EntryKind::Dir => fs.remove_dir_all(&staging),
+                    Ok(_) => fs.remove_file(&staging),
+                    Err(_) => Ok(()),
+                };
+                cleared.map_err(|e| RunError::io("clear", &staging, e))?;
+                staging
+            }
+            None => {
+                if let Some(other) = outputs.iter().find(|o| overlaps(&o.rel, &rel)) {
+                    return Err(RunError::InvalidOutputPath {
+                        path: path.to_owned(),
+                        reason: format!("it overlaps the output {:?} of this step", other.rel),
+                    });
+                }
+                let n = self.next_output.fetch_add(1, Ordering::Relaxed);
+                self.staging.join(format!("o{n}"))
+            }
+        };
         if dir {
-            self.run
-                .fs()
-                .create_dir_all(&staging)
+            fs.create_dir_all(&staging)
                 .map_err(|e| RunError::io("create", &staging, e))?;
         }
         outputs.push(Staged {
@@ -500,11 +520,14 @@ fn record(
     rel: &str,
     manifest: &mut Vec<OutputEntry>,
 ) -> Result<(), RunError> {
-    let stat = fs.stat(path).map_err(|e| RunError::io("inspect", path, e))?;
+    let stat = fs
+        .stat(path)
+        .map_err(|e| RunError::io("inspect", path, e))?;
     match stat.kind {
         EntryKind::File => {
             let hash = marker::hash_file(fs, path).map_err(|e| RunError::io("read", path, e))?;
-            fs.sync_file(path).map_err(|e| RunError::io("fsync", path, e))?;
+            fs.sync_file(path)
+                .map_err(|e| RunError::io("fsync", path, e))?;
             manifest.push(OutputEntry {
                 path: rel.to_owned(),
                 kind: OutputKind::File,
@@ -519,7 +542,9 @@ fn record(
                 size: 0,
                 blake3: None,
             });
-            let names = fs.read_dir(path).map_err(|e| RunError::io("list", path, e))?;
+            let names = fs
+                .read_dir(path)
+                .map_err(|e| RunError::io("list", path, e))?;
             for name in names {
                 record(fs, &path.join(&name), &format!("{rel}/{name}"), manifest)?;
             }
@@ -527,7 +552,9 @@ fn record(
                 .map_err(|e| RunError::io("fsync directory", path, e))?;
         }
         EntryKind::Symlink => {
-            let target = fs.read_link(path).map_err(|e| RunError::io("read link", path, e))?;
+            let target = fs
+                .read_link(path)
+                .map_err(|e| RunError::io("read link", path, e))?;
             manifest.push(OutputEntry {
                 path: rel.to_owned(),
                 kind: OutputKind::Symlink,
@@ -602,7 +629,9 @@ fn prepare<T: DeserializeOwned>(
     let check = |state: &StepState| -> Result<Result<T, Option<String>>, RunError> {
         Ok(match state.check(fingerprint)? {
             MarkerState::Valid(m) => serde_json::from_value(m.value).map_err(|e| {
-                Some(format!("the recorded value no longer reads as the step's type ({e})"))
+                Some(format!(
+                    "the recorded value no longer reads as the step's type ({e})"
+                ))
             }),
             MarkerState::Invalid(reason) => Err(Some(reason)),
             MarkerState::Missing => Err(None),
@@ -677,11 +706,11 @@ fn report_failure(ctx: &Context, def: &StepDef, error: &dyn Display) {
 /// Runs a step: returns its recorded value if it is done, else runs `body`
 /// with the step current, commits its outputs and writes its marker.
 /// What `#[resumable_step]` expands to for a sync function.
-pub fn run_step<R: StepResult>(
+pub fn run_step<R: StepResult, F: FnOnce() -> R>(
     run: &Run,
     def: &StepDef,
     fingerprint: Result<Fingerprint, RunError>,
-    body: impl FnOnce() -> R,
+    body: F,
 ) -> R {
     let ctx = run.context(&Context::current());
     let prepared = fingerprint.and_then(|fp| {
@@ -781,10 +810,18 @@ mod tests {
         let out = exec.output_file("out/a.txt").unwrap();
         std::fs::write(out.path(), b"hello").unwrap();
         let marker = exec
-            .commit(&Fingerprint::of("build", &"k", 1).unwrap(), 1, "here", &42u32)
+            .commit(
+                &Fingerprint::of("build", &"k", 1).unwrap(),
+                1,
+                "here",
+                &42u32,
+            )
             .unwrap();
         assert_eq!(marker.outputs.len(), 1);
-        assert_eq!(std::fs::read(tmp.path().join("out/a.txt")).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read(tmp.path().join("out/a.txt")).unwrap(),
+            b"hello"
+        );
         assert!(step.is_done(&"k", 1).unwrap());
         assert_eq!(step.load::<u32, _>(&"k", 1).unwrap(), Some(42));
         assert!(!step.is_done(&"other", 1).unwrap());

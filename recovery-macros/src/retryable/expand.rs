@@ -36,6 +36,18 @@ pub fn check(func: &ItemFn, errors: &mut Errors) {
         Ok(_) => {}
         Err(e) => errors.push(e),
     }
+    if let Some(attr) = func.attrs.iter().find(|a| {
+        a.path()
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "resumable_step")
+    }) {
+        errors.push(syn::Error::new_spanned(
+            attr,
+            "put #[resumable_step] above #[retryable]: the step's resume check must run once, \
+             outside the retry loop, not once per attempt",
+        ));
+    }
     if let Some(receiver) = sig.receiver() {
         let by_value = match &receiver.kind {
             ReceiverKind::Reference(..) => false,
@@ -54,7 +66,16 @@ pub fn check(func: &ItemFn, errors: &mut Errors) {
 }
 
 /// Writes the retrying function.
-pub fn generate(args: &RetryArgs, mut func: ItemFn) -> TokenStream {
+pub fn generate(args: &RetryArgs, func: ItemFn) -> TokenStream {
+    match generate_fn(args, func) {
+        Ok(func) => func.into_token_stream(),
+        Err(e) => e.to_compile_error(),
+    }
+}
+
+/// The retrying function as a syntax tree (`#[resumable_step]` wraps its
+/// body once more).
+pub fn generate_fn(args: &RetryArgs, mut func: ItemFn) -> syn::Result<ItemFn> {
     let krate = match &args.krate {
         Some(path) => path.to_token_stream(),
         None => quote!(::recovery),
@@ -65,10 +86,7 @@ pub fn generate(args: &RetryArgs, mut func: ItemFn) -> TokenStream {
         .name
         .as_ref()
         .map_or_else(|| func.sig.ident.to_string(), |(n, _)| n.clone());
-    let ret = match result_type(&func, "retryable") {
-        Ok(ty) => ty.clone(),
-        Err(e) => return e.to_compile_error(),
-    };
+    let ret = result_type(&func, "retryable")?.clone();
     let classify = match &args.when {
         // Spanned at the classifier, so a wrong signature points there.
         Some(when) => respan(
@@ -133,8 +151,8 @@ pub fn generate(args: &RetryArgs, mut func: ItemFn) -> TokenStream {
             }
         }}
     };
-    func.block = Box::new(syn::parse2(block).expect("the generated block parses"));
-    func.into_token_stream()
+    func.block = Box::new(syn::parse2(block)?);
+    Ok(func)
 }
 
 struct Arguments {
@@ -144,31 +162,52 @@ struct Arguments {
     binds: Vec<TokenStream>,
 }
 
-/// Renames by-value and `&mut` parameters in the signature, and writes the
-/// statements that bind the user's names again at each attempt.
+/// Writes the statements that give each attempt its own arguments: a
+/// by-value parameter is moved into a slot before the loop and bound again
+/// (cloned) at each attempt; a `&mut` parameter is reborrowed. Plain names
+/// are shadowed, so the signature keeps them (minus `mut`, which moves to
+/// the per-attempt binding); other patterns get a hidden name.
 fn rebind_arguments(func: &mut ItemFn, p: &TokenStream) -> Arguments {
     let mut slots = Vec::new();
     let mut binds = Vec::new();
     for (i, input) in func.sig.inputs.iter_mut().enumerate() {
         let FnArg::Typed(arg) = input else { continue };
-        let hidden = format_ident!("__recovery_arg{}", i);
         let ty_span = arg.ty.span();
-        match &*arg.ty {
-            Type::Reference(r) if r.mutability.is_some() => {
-                // Only a plain name can be reborrowed; other patterns stay.
-                let Pat::Ident(pi) = &*arg.pat else { continue };
-                if pi.by_ref.is_some() || pi.subpat.is_some() {
-                    continue;
-                }
-                let (mutability, ident) = (&pi.mutability, &pi.ident);
-                binds.push(quote!(let #mutability #ident = &mut *#hidden;));
+        let simple = match &*arg.pat {
+            Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
+                Some((pi.mutability, pi.ident.clone()))
             }
-            // Shared references are `Copy`: the attempt just uses them.
-            Type::Reference(_) => continue,
-            _ => {
+            _ => None,
+        };
+        match (&*arg.ty, simple) {
+            (Type::Reference(r), Some((mutability, ident))) if r.mutability.is_some() => {
+                binds.push(quote!(let #mutability #ident = &mut *#ident;));
+                strip_mut(&mut arg.pat);
+            }
+            // Shared references are `Copy`, and `&mut` behind a pattern
+            // cannot be reborrowed: the attempt uses them as they are.
+            (Type::Reference(_), _) => {}
+            (_, simple) => {
                 let slot = format_ident!("__recovery_slot{}", i);
-                let pat = &arg.pat;
-                slots.push(quote!(let mut #slot = #p::Some(#hidden);));
+                let (source, pat) = match simple {
+                    Some((mutability, ident)) => {
+                        strip_mut(&mut arg.pat);
+                        (ident.clone(), quote!(#mutability #ident))
+                    }
+                    None => {
+                        let hidden = format_ident!("__recovery_arg{}", i);
+                        let pat = arg.pat.to_token_stream();
+                        *arg.pat = Pat::Ident(syn::PatIdent {
+                            attrs: Vec::new(),
+                            by_ref: None,
+                            mutability: None,
+                            ident: hidden.clone(),
+                            subpat: None,
+                        });
+                        (hidden, pat)
+                    }
+                };
+                slots.push(quote!(let mut #slot = #p::Some(#source);));
                 // Spanned at the type, so a missing `Clone` points there.
                 binds.push(respan(
                     quote!(let #pat = #p::take_or_clone(&mut #slot, __recovery_last);),
@@ -176,13 +215,12 @@ fn rebind_arguments(func: &mut ItemFn, p: &TokenStream) -> Arguments {
                 ));
             }
         }
-        *arg.pat = Pat::Ident(syn::PatIdent {
-            attrs: Vec::new(),
-            by_ref: None,
-            mutability: None,
-            ident: hidden,
-            subpat: None,
-        });
     }
     Arguments { slots, binds }
+}
+
+fn strip_mut(pat: &mut Pat) {
+    if let Pat::Ident(pi) = pat {
+        pi.mutability = None;
+    }
 }

@@ -3,6 +3,9 @@
 mod args;
 mod expand;
 
+pub use args::RetryArgs;
+pub use expand::{check, generate_fn};
+
 use proc_macro2::TokenStream;
 use quote::quote;
 use syn::parse::Parser;
@@ -10,13 +13,18 @@ use syn::parse::Parser;
 use crate::errors::Errors;
 use crate::meta::parse_list;
 
-pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let mut errors = Errors::default();
+/// Reads the attribute's keys, reporting mistakes to `errors`.
+pub fn parse_args(attr: TokenStream, errors: &mut Errors) -> RetryArgs {
     let raw = parse_list.parse2(attr).unwrap_or_else(|e| {
         errors.push(e);
         Vec::new()
     });
-    let args = args::RetryArgs::from_raw(raw, &mut errors);
+    RetryArgs::from_raw(raw, errors)
+}
+
+pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = parse_args(attr, &mut errors);
     let func = match crate::function::parse(item.clone(), "retryable") {
         Ok(func) => Some(func),
         Err(e) => {
@@ -25,7 +33,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     };
     if let Some(func) = &func {
-        expand::check(func, &mut errors);
+        check(func, &mut errors);
     }
     match func {
         Some(func) if errors.is_empty() => expand::generate(&args, func),

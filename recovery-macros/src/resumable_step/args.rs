@@ -1,0 +1,164 @@
+//! `#[resumable_step("name", key = ..., version = N, run = ..., crate = "...")]`.
+
+use proc_macro2::Span;
+use syn::parse::{ParseStream, Parser};
+use syn::spanned::Spanned;
+use syn::{Expr, Lit, LitStr, Token};
+
+use crate::errors::Errors;
+use crate::meta::{RawArg, crate_path, parse_list};
+use crate::suggest::did_you_mean;
+use crate::value::{is_negative_literal, literal};
+
+const KEYS: &[&str] = &["key", "version", "run", "crate"];
+
+pub struct StepArgs {
+    pub name: Option<(String, Span)>,
+    pub key: Option<Expr>,
+    pub version: u32,
+    pub run: Option<Expr>,
+    pub krate: Option<syn::Path>,
+}
+
+/// The name first, then `key = value` pairs.
+fn parse_all(input: ParseStream) -> syn::Result<(LitStr, Vec<RawArg>)> {
+    if !input.peek(LitStr) {
+        return Err(input
+            .error("expected the step's name first, as a string: #[resumable_step(\"clone\")]"));
+    }
+    let name: LitStr = input.parse()?;
+    if input.is_empty() {
+        return Ok((name, Vec::new()));
+    }
+    input
+        .parse::<Token![,]>()
+        .map_err(|e| syn::Error::new(e.span(), "expected `,` after the step's name"))?;
+    Ok((name, parse_list(input)?))
+}
+
+impl StepArgs {
+    pub fn parse(attr: proc_macro2::TokenStream, errors: &mut Errors) -> StepArgs {
+        let mut args = StepArgs {
+            name: None,
+            key: None,
+            version: 1,
+            run: None,
+            krate: None,
+        };
+        let (name, raw) = match parse_all.parse2(attr) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                errors.push(e);
+                return args;
+            }
+        };
+        match check_name(&name.value()) {
+            Ok(()) => args.name = Some((name.value(), name.span())),
+            Err(reason) => errors.at(
+                name.span(),
+                format!(
+                    "invalid step name {:?}: {reason}; a step name becomes a file name, so use \
+                     letters, digits, '_', '-' and '.', e.g. \"clone\" or \"stage-2\"",
+                    name.value()
+                ),
+            ),
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for RawArg { key, value } in raw {
+            let k = key.to_string();
+            if !KEYS.contains(&k.as_str()) {
+                errors.at(
+                    key.span(),
+                    format!(
+                        "unknown key `{k}` for #[resumable_step]{}; after the name, the keys are: {}",
+                        did_you_mean(&k, KEYS),
+                        KEYS.join(", ")
+                    ),
+                );
+                continue;
+            }
+            if seen.contains(&k) {
+                errors.at(
+                    key.span(),
+                    format!(
+                        "duplicate key `{k}`: it is already set earlier in this attribute; keep one"
+                    ),
+                );
+                continue;
+            }
+            seen.push(k.clone());
+            let Some(value) = value else {
+                let example = match k.as_str() {
+                    "key" => "`key = (url, rev)`",
+                    "version" => "`version = 2`",
+                    "run" => "`run = self.run`",
+                    _ => "`crate = \"::my_recovery\"`",
+                };
+                errors.at(key.span(), format!("`{k}` needs a value, e.g. {example}"));
+                continue;
+            };
+            match k.as_str() {
+                "key" => args.key = Some(value),
+                "run" => args.run = Some(value),
+                "version" => match version(&value) {
+                    Ok(v) => args.version = v,
+                    Err(e) => errors.push(e),
+                },
+                _ => match crate_path(&value) {
+                    Ok(p) => args.krate = Some(p),
+                    Err(e) => errors.push(e),
+                },
+            }
+        }
+        args
+    }
+}
+
+fn version(value: &Expr) -> syn::Result<u32> {
+    let message = "version expects a whole number (0 or more), e.g. `version = 2`; bump it to run the step again after its code changed";
+    if is_negative_literal(value) {
+        return Err(syn::Error::new_spanned(value, message));
+    }
+    match literal(value) {
+        Some(Lit::Int(i)) => i
+            .base10_parse()
+            .map_err(|_| syn::Error::new(value.span(), message)),
+        _ => Err(syn::Error::new_spanned(value, message)),
+    }
+}
+
+/// The run-time rule of `recovery::check_step_name`, at compile time.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("it is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} names a directory"));
+    }
+    if name.len() > 100 {
+        return Err("it is longer than 100 characters".into());
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        Some('/' | '\\') => Err("it contains a path separator".into()),
+        Some(c) => Err(format!("it contains the character {c:?}")),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_runtime_rules() {
+        assert!(check_name("clone").is_ok());
+        assert!(check_name("a.b-c_1").is_ok());
+        assert!(check_name("").unwrap_err().contains("empty"));
+        assert!(check_name("..").unwrap_err().contains("directory"));
+        assert!(check_name("a/b").unwrap_err().contains("separator"));
+        assert!(check_name("a b").unwrap_err().contains("' '"));
+    }
+}
