@@ -27,8 +27,10 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
 
     // A #[retryable] under this attribute is expanded here, inside the
     // step, so the resume check runs once and not once per attempt.
+    let mut retry_path = None;
     if let Some(i) = func.attrs.iter().position(is_retryable) {
         let attr = func.attrs.remove(i);
+        retry_path = Some(attr.path().clone());
         let tokens = match attr.meta {
             syn::Meta::List(list) => list.tokens,
             _ => TokenStream::new(),
@@ -46,7 +48,9 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     }
     match (run, &args.name) {
-        (Some(run), Some((name, _))) if errors.is_empty() => generate(&args, name, &run, func),
+        (Some(run), Some((name, _))) if errors.is_empty() => {
+            generate(&args, name, &run, retry_path.as_ref(), func)
+        }
         _ => fallback(item, &errors),
     }
 }
@@ -118,7 +122,13 @@ fn names_run(ty: &Type) -> bool {
     }
 }
 
-fn generate(args: &StepArgs, name: &str, run: &TokenStream, mut func: ItemFn) -> TokenStream {
+fn generate(
+    args: &StepArgs,
+    name: &str,
+    run: &TokenStream,
+    retry_path: Option<&syn::Path>,
+    mut func: ItemFn,
+) -> TokenStream {
     let krate = match &args.krate {
         Some(path) => path.to_token_stream(),
         None => quote!(::recovery),
@@ -149,7 +159,11 @@ fn generate(args: &StepArgs, name: &str, run: &TokenStream, mut func: ItemFn) ->
             )
         }
     };
+    // The #[retryable] attribute was expanded here, not resolved by the
+    // compiler: name it once so its import does not look unused.
+    let retry_use = retry_path.map(|path| quote!(#[allow(unused_imports)] use #path as _;));
     let block = quote! {{
+        #retry_use
         const __RECOVERY_STEP: #p::StepDef = #p::StepDef {
             name: #name,
             version: #version,

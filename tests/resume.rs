@@ -1,0 +1,636 @@
+//! Resumable steps end to end: a done step is skipped, anything that makes
+//! its marker or outputs doubtful reruns it, the marker comes last, retries
+//! inside a step leave no duplicates, a killed writer leaves nothing that
+//! counts, and two processes run a step once.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use recovery::fs::{FileSystem, RealFs, Stat};
+use recovery::{
+    Context, Event, IssueCode, Recorder, Run, RunError, VirtualClock, WithContext, resumable_step,
+    retryable,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Summary {
+    files: u32,
+    bytes: u64,
+}
+
+/// Writes a directory output and a file output; counts its runs.
+#[resumable_step("build", key = (src, level), version = 1)]
+fn build(run: &Run, src: &str, level: u32, runs: &mut u32) -> std::io::Result<Summary> {
+    *runs += 1;
+    let dir = run.output_dir("out/tree")?;
+    std::fs::write(dir.path().join("a.txt"), format!("{src}:{level}"))?;
+    std::fs::create_dir(dir.path().join("sub"))?;
+    std::fs::write(dir.path().join("sub/b.txt"), b"bbbb")?;
+    run.write_output("out/summary.json", br#"{"files":2}"#)?;
+    Ok(Summary {
+        files: 2,
+        bytes: (src.len() + 2 + 4) as u64,
+    })
+}
+
+#[resumable_step("build", key = (src, level), version = 2)]
+fn build_v2(run: &Run, src: &str, level: u32, runs: &mut u32) -> std::io::Result<Summary> {
+    build_body(run, src, level, runs)
+}
+
+fn build_body(run: &Run, src: &str, level: u32, runs: &mut u32) -> std::io::Result<Summary> {
+    *runs += 1;
+    run.write_output("out/summary.json", format!("{src}{level}").as_bytes())?;
+    Ok(Summary { files: 1, bytes: 0 })
+}
+
+fn events(run: &Run) -> Vec<Event> {
+    let log = run.events().unwrap();
+    assert_eq!(log.skipped, 0);
+    log.records
+}
+
+fn kinds(run: &Run) -> Vec<&'static str> {
+    events(run).iter().map(Event::kind).collect()
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    Fixture { _tmp: tmp, dir }
+}
+
+/// Runs `build` once, then applies `damage` and runs it again; returns how
+/// many times the body ran and the events of the second run.
+fn rerun_after(damage: impl FnOnce(&Path)) -> (u32, Vec<Event>) {
+    let f = fixture();
+    let mut runs = 0;
+    let run = Run::open(&f.dir).unwrap();
+    let first = build(&run, "src", 3, &mut runs).unwrap();
+    drop(run);
+    damage(&f.dir);
+    let run = Run::open(&f.dir).unwrap();
+    let before = events(&run).len();
+    let second = build(&run, "src", 3, &mut runs).unwrap();
+    assert_eq!(first, second);
+    assert_eq!(
+        std::fs::read_to_string(f.dir.join("out/tree/a.txt")).unwrap(),
+        "src:3",
+        "the rerun restored the output"
+    );
+    (runs, events(&run)[before..].to_vec())
+}
+
+fn marker_invalid_reason(events: &[Event]) -> String {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::MarkerInvalid { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no MARKER_INVALID in {events:?}"))
+}
+
+#[test]
+fn a_completed_step_is_skipped_and_returns_its_recorded_value() {
+    let f = fixture();
+    let run = Run::open(&f.dir).unwrap();
+    let mut runs = 0;
+    let first = build(&run, "src", 3, &mut runs).unwrap();
+    let second = build(&run, "src", 3, &mut runs).unwrap();
+    assert_eq!(runs, 1);
+    assert_eq!(first, second);
+    // And from another process's point of view: a fresh open.
+    let again = Run::open(&f.dir).unwrap();
+    assert_eq!(build(&again, "src", 3, &mut runs).unwrap(), first);
+    assert_eq!(runs, 1);
+    assert_eq!(
+        kinds(&again),
+        ["STEP_COMPLETED", "STEP_RESUMED", "STEP_RESUMED"]
+    );
+    assert_eq!(
+        std::fs::read(f.dir.join("out/tree/sub/b.txt")).unwrap(),
+        b"bbbb"
+    );
+    assert_eq!(
+        std::fs::read_dir(f.dir.join("staging")).unwrap().count(),
+        0,
+        "staging is empty after a commit"
+    );
+}
+
+#[test]
+fn a_corrupted_output_reruns_the_step() {
+    let (runs, ev) = rerun_after(|d| std::fs::write(d.join("out/tree/a.txt"), "src:4").unwrap());
+    assert_eq!(runs, 2);
+    assert!(marker_invalid_reason(&ev).contains("hash"));
+}
+
+#[test]
+fn a_truncated_output_reruns_the_step() {
+    let (runs, ev) = rerun_after(|d| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.join("out/tree/sub/b.txt"))
+            .unwrap();
+        f.set_len(2).unwrap();
+    });
+    assert_eq!(runs, 2);
+    assert!(marker_invalid_reason(&ev).contains("bytes"));
+}
+
+#[test]
+fn a_deleted_output_reruns_the_step() {
+    let (runs, ev) = rerun_after(|d| std::fs::remove_dir_all(d.join("out/tree/sub")).unwrap());
+    assert_eq!(runs, 2);
+    assert!(marker_invalid_reason(&ev).contains("missing"));
+}
+
+#[test]
+fn a_symlink_in_place_of_an_output_reruns_the_step() {
+    let (runs, ev) = rerun_after(|d| {
+        let p = d.join("out/summary.json");
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &p).unwrap();
+    });
+    assert_eq!(runs, 2);
+    assert!(marker_invalid_reason(&ev).contains("Symlink"));
+}
+
+#[test]
+fn a_truncated_marker_reruns_the_step() {
+    let (runs, ev) = rerun_after(|d| {
+        let p = d.join("state/steps/build.json");
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    assert_eq!(runs, 2);
+    assert!(marker_invalid_reason(&ev).contains("JSON"));
+}
+
+#[test]
+fn a_flipped_byte_in_the_marker_reruns_the_step() {
+    let (runs, ev) = rerun_after(|d| {
+        let p = d.join("state/steps/build.json");
+        let mut bytes = std::fs::read(&p).unwrap();
+        // Inside the recorded value: still valid JSON, different meaning.
+        let at = bytes.windows(8).position(|w| w == b"\"files\":").unwrap() + 9;
+        bytes[at] ^= 0x01; // 2 -> 3
+        std::fs::write(&p, bytes).unwrap();
+    });
+    assert_eq!(runs, 2);
+    assert!(marker_invalid_reason(&ev).contains("checksum"));
+}
+
+#[test]
+fn an_empty_or_garbage_marker_reruns_the_step() {
+    for content in [&b""[..], b"\x00\x01garbage", b"[]", b"{}"] {
+        let (runs, _) =
+            rerun_after(|d| std::fs::write(d.join("state/steps/build.json"), content).unwrap());
+        assert_eq!(runs, 2, "{content:?}");
+    }
+}
+
+#[test]
+fn a_marker_of_a_newer_format_is_an_error_not_a_rerun() {
+    let f = fixture();
+    let run = Run::open(&f.dir).unwrap();
+    let mut runs = 0;
+    build(&run, "src", 3, &mut runs).unwrap();
+    let p = f.dir.join("state/steps/build.json");
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, text.replace("\"format\": 1", "\"format\": 9")).unwrap();
+    let err = build(&run, "src", 3, &mut runs).unwrap_err();
+    assert!(err.to_string().contains("newer"), "{err}");
+    assert_eq!(runs, 1, "the body did not run");
+    let issues = run.issues().unwrap().records;
+    assert_eq!(issues.last().unwrap().error_code, IssueCode::StepFailed);
+}
+
+#[test]
+fn a_changed_key_reruns_the_step() {
+    let f = fixture();
+    let run = Run::open(&f.dir).unwrap();
+    let mut runs = 0;
+    build(&run, "src", 3, &mut runs).unwrap();
+    build(&run, "src", 4, &mut runs).unwrap();
+    assert_eq!(runs, 2);
+    assert_eq!(
+        std::fs::read_to_string(f.dir.join("out/tree/a.txt")).unwrap(),
+        "src:4"
+    );
+    assert!(marker_invalid_reason(&events(&run)).contains("key or version"));
+    // The new key is the one recorded now.
+    build(&run, "src", 4, &mut runs).unwrap();
+    assert_eq!(runs, 2);
+}
+
+#[test]
+fn a_bumped_version_reruns_the_step() {
+    let f = fixture();
+    let mut runs = 0;
+    build(&Run::open(&f.dir).unwrap(), "src", 3, &mut runs).unwrap();
+    // A new program version: another process, where `build_v2` is the step.
+    let run = Run::open(&f.dir).unwrap();
+    build_v2(&run, "src", 3, &mut runs).unwrap();
+    assert_eq!(runs, 2);
+    build_v2(&run, "src", 3, &mut runs).unwrap();
+    assert_eq!(runs, 2);
+}
+
+#[test]
+fn two_different_steps_with_one_name_are_detected() {
+    let f = fixture();
+    let run = Run::open(&f.dir).unwrap();
+    let mut runs = 0;
+    build(&run, "src", 3, &mut runs).unwrap();
+    let err = build_v2(&run, "src", 3, &mut runs).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("two different steps are named \"build\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("resume::build") && text.contains("resume::build_v2"),
+        "{text}"
+    );
+    assert_eq!(runs, 1);
+}
+
+#[test]
+fn step_names_and_output_paths_given_at_run_time_are_checked() {
+    let f = fixture();
+    let run = Run::open(&f.dir).unwrap();
+    for bad in ["", "..", "a/b", "x\0", "sp ace"] {
+        assert!(
+            matches!(run.step(bad), Err(RunError::InvalidStepName { .. })),
+            "{bad:?}"
+        );
+    }
+    let exec = run.step("ok").unwrap().begin().unwrap();
+    for bad in ["../escape", "/abs", "state/x", "a/../../b", "nul\0"] {
+        assert!(
+            matches!(
+                exec.output_file(bad),
+                Err(RunError::InvalidOutputPath { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+/// A step whose first attempts fail after writing part of their outputs.
+#[resumable_step("flaky-build", key = attempts_to_fail)]
+#[retryable(max_attempts = 4, base = "10ms")]
+fn flaky_build(run: &Run, attempts_to_fail: u32, calls: &mut u32) -> std::io::Result<u32> {
+    *calls += 1;
+    let dir = run.output_dir("flaky")?;
+    std::fs::write(dir.path().join(format!("attempt-{calls}.txt")), b"partial")?;
+    if *calls <= attempts_to_fail {
+        return Err(std::io::ErrorKind::ConnectionReset.into());
+    }
+    Ok(*calls)
+}
+
+#[test]
+fn a_retried_step_keeps_only_the_last_attempts_outputs_and_logs_its_retries() {
+    let f = fixture();
+    let run = Run::open(&f.dir).unwrap();
+    let clock = VirtualClock::new();
+    let ctx = Context::builder().virtual_time(&clock).build();
+    let mut calls = 0;
+    assert_eq!(
+        ctx.in_scope(|| flaky_build(&run, 2, &mut calls)).unwrap(),
+        3
+    );
+    let names: Vec<String> = std::fs::read_dir(f.dir.join("flaky"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["attempt-3.txt"]);
+    assert_eq!(
+        kinds(&run),
+        ["RETRY_ATTEMPTED", "RETRY_ATTEMPTED", "STEP_COMPLETED"]
+    );
+    // Resumed: the resume check runs once, outside the retry loop.
+    assert_eq!(
+        ctx.in_scope(|| flaky_build(&run, 2, &mut calls)).unwrap(),
+        3
+    );
+    assert_eq!(calls, 3);
+}
+
+#[test]
+fn a_step_that_fails_writes_no_marker_and_records_an_issue() {
+    let f = fixture();
+    let run = Run::open(&f.dir).unwrap();
+    let clock = VirtualClock::new();
+    let recorder = Arc::new(Recorder::default());
+    let ctx = Context::builder()
+        .virtual_time(&clock)
+        .observer(recorder.clone())
+        .build();
+    let mut calls = 0;
+    assert!(ctx.in_scope(|| flaky_build(&run, 10, &mut calls)).is_err());
+    assert_eq!(calls, 4);
+    assert!(!f.dir.join("state/steps/flaky-build.json").exists());
+    assert!(
+        !f.dir.join("flaky").exists(),
+        "nothing reached a final path"
+    );
+    let codes: Vec<IssueCode> = run
+        .issues()
+        .unwrap()
+        .records
+        .iter()
+        .map(|i| i.error_code)
+        .collect();
+    assert_eq!(
+        codes,
+        [IssueCode::MaxRetriesExceeded, IssueCode::StepFailed]
+    );
+    // The outer observer saw them too.
+    assert_eq!(recorder.issues().len(), 2);
+    assert_eq!(recorder.events().len(), 3);
+}
+
+struct Pipeline {
+    run: Run,
+    pushed: Vec<u32>,
+}
+
+impl Pipeline {
+    #[resumable_step("push", key = batch, run = self.run)]
+    #[retryable(max_attempts = 3, base = "5ms", jitter)]
+    async fn push(&mut self, batch: Vec<u32>) -> std::io::Result<usize> {
+        self.pushed.extend(&batch);
+        if self.pushed.len() < 2 * batch.len() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.run
+            .write_output("pushed.json", format!("{:?}", self.pushed).as_bytes())?;
+        Ok(self.pushed.len())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_steps_with_mut_self_and_a_run_field() {
+    let f = fixture();
+    let clock = VirtualClock::new();
+    let ctx = Context::builder().virtual_time(&clock).seed(3).build();
+    let mut p = Pipeline {
+        run: Run::open(&f.dir).unwrap(),
+        pushed: vec![],
+    };
+    let n = p.push(vec![1, 2]).with_context(ctx.clone()).await.unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(
+        std::fs::read_to_string(f.dir.join("pushed.json")).unwrap(),
+        "[1, 2, 1, 2]"
+    );
+    let n2 = p.push(vec![1, 2]).with_context(ctx).await.unwrap();
+    assert_eq!(n2, 4, "resumed with the recorded value");
+    assert_eq!(p.pushed.len(), 4, "the body did not run again");
+    assert_eq!(
+        kinds(&p.run),
+        ["RETRY_ATTEMPTED", "STEP_COMPLETED", "STEP_RESUMED"]
+    );
+}
+
+/// Records the order of durable operations on top of the real file system.
+#[derive(Debug, Default)]
+struct Recording {
+    ops: Mutex<Vec<(String, PathBuf)>>,
+}
+
+impl Recording {
+    fn log(&self, op: &str, p: &Path) {
+        self.ops.lock().unwrap().push((op.into(), p.to_owned()));
+    }
+}
+
+impl FileSystem for Recording {
+    fn create_dir_all(&self, p: &Path) -> std::io::Result<()> {
+        self.log("mkdir", p);
+        RealFs.create_dir_all(p)
+    }
+    fn write(&self, p: &Path, d: &[u8]) -> std::io::Result<()> {
+        self.log("write", p);
+        RealFs.write(p, d)
+    }
+    fn append(&self, p: &Path, d: &[u8]) -> std::io::Result<()> {
+        RealFs.append(p, d)
+    }
+    fn sync_file(&self, p: &Path) -> std::io::Result<()> {
+        self.log("fsync", p);
+        RealFs.sync_file(p)
+    }
+    fn sync_dir(&self, p: &Path) -> std::io::Result<()> {
+        self.log("fsync_dir", p);
+        RealFs.sync_dir(p)
+    }
+    fn rename(&self, f: &Path, t: &Path) -> std::io::Result<()> {
+        self.log("rename", t);
+        RealFs.rename(f, t)
+    }
+    fn remove_file(&self, p: &Path) -> std::io::Result<()> {
+        self.log("remove", p);
+        RealFs.remove_file(p)
+    }
+    fn remove_dir_all(&self, p: &Path) -> std::io::Result<()> {
+        self.log("rmdir", p);
+        RealFs.remove_dir_all(p)
+    }
+    fn read(&self, p: &Path, l: u64) -> std::io::Result<Vec<u8>> {
+        RealFs.read(p, l)
+    }
+    fn open(&self, p: &Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        RealFs.open(p)
+    }
+    fn stat(&self, p: &Path) -> std::io::Result<Stat> {
+        RealFs.stat(p)
+    }
+    fn read_dir(&self, p: &Path) -> std::io::Result<Vec<String>> {
+        RealFs.read_dir(p)
+    }
+    fn read_link(&self, p: &Path) -> std::io::Result<PathBuf> {
+        RealFs.read_link(p)
+    }
+}
+
+#[test]
+fn the_marker_is_written_last_after_every_output_is_durable() {
+    let f = fixture();
+    let fs = Arc::new(Recording::default());
+    let run = Run::open_with(&f.dir, fs.clone()).unwrap();
+    fs.ops.lock().unwrap().clear();
+    let mut runs = 0;
+    build(&run, "src", 3, &mut runs).unwrap();
+    let ops = fs.ops.lock().unwrap().clone();
+    let marker = f.dir.join("state/steps/build.json");
+    let pos = |op: &str, path: &Path| {
+        ops.iter()
+            .position(|(o, p)| o == op && p == path)
+            .unwrap_or_else(|| panic!("no {op} {} in {ops:#?}", path.display()))
+    };
+    let marker_rename = pos("rename", &marker);
+    // Every output file was synced, and renamed into place, before it.
+    for out in ["out/tree", "out/summary.json"] {
+        assert!(pos("rename", &f.dir.join(out)) < marker_rename, "{out}");
+    }
+    let syncs: Vec<usize> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, (o, p))| o == "fsync" && (p.ends_with("sub/b.txt") || p.ends_with("a.txt")))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(syncs.len(), 2, "both files of the tree were synced");
+    assert!(syncs.iter().all(|i| *i < marker_rename));
+    // The output directory's parent is synced after the rename into place.
+    let tree = pos("rename", &f.dir.join("out/tree"));
+    assert!(
+        ops[tree..marker_rename]
+            .iter()
+            .any(|(o, p)| o == "fsync_dir" && p == &f.dir.join("out"))
+    );
+    // The marker's own write, fsync, rename and directory fsync come last.
+    let tail: Vec<&str> = ops[marker_rename - 2..]
+        .iter()
+        .map(|(o, _)| o.as_str())
+        .collect();
+    assert_eq!(&tail[..4], ["write", "fsync", "rename", "fsync_dir"]);
+    assert_eq!(ops[marker_rename + 1].1, f.dir.join("state/steps"));
+}
+
+#[test]
+fn a_writer_killed_mid_write_leaves_nothing_that_counts() {
+    let f = fixture();
+    let started = f.dir.with_file_name("started");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_step-child"))
+        .args(["slow-write"])
+        .arg(&f.dir)
+        .arg(&started)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never started writing"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+
+    // Half-written data sits in staging; nothing at the final path, no marker.
+    assert!(!f.dir.join("big.bin").exists());
+    assert!(!f.dir.join("state/steps/slow-write.json").exists());
+    let leftovers = std::fs::read_dir(f.dir.join("staging")).unwrap().count();
+    assert_eq!(leftovers, 1, "the killed step's staging directory");
+
+    // Reopening sweeps it; running again completes.
+    let run = Run::open(&f.dir).unwrap();
+    assert!(!run.step("slow-write").unwrap().is_done(&(), 1).unwrap());
+    assert_eq!(std::fs::read_dir(f.dir.join("staging")).unwrap().count(), 0);
+    let out = Command::new(env!("CARGO_BIN_EXE_step-child"))
+        .args(["slow-write"])
+        .arg(&f.dir)
+        .arg(&started)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(f.dir.join("big.bin")).unwrap().len(),
+        64 << 20
+    );
+    assert!(run.step("slow-write").unwrap().is_done(&(), 1).unwrap());
+}
+
+#[test]
+fn two_processes_on_one_run_directory_run_a_step_once() {
+    let f = fixture();
+    Run::open(&f.dir).unwrap();
+    let side_effects = f.dir.with_file_name("side-effects.log");
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_step-child"))
+                .arg("once")
+                .arg(&f.dir)
+                .arg(&side_effects)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "the value");
+    }
+    let lines = std::fs::read_to_string(&side_effects).unwrap();
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    let run = Run::open(&f.dir).unwrap();
+    let mut kinds = kinds(&run);
+    kinds.sort();
+    assert_eq!(kinds, ["STEP_COMPLETED", "STEP_RESUMED"]);
+}
+
+#[test]
+fn two_runs_from_scratch_give_byte_identical_outputs_and_markers() {
+    let snapshot = || {
+        let f = fixture();
+        let run = Run::open(&f.dir).unwrap();
+        let mut runs = 0;
+        build(&run, "src", 3, &mut runs).unwrap();
+        let mut files = Vec::new();
+        for rel in ["out/tree/a.txt", "out/tree/sub/b.txt", "out/summary.json"] {
+            files.push(std::fs::read(f.dir.join(rel)).unwrap());
+        }
+        // The marker, less the fields documented as wall-clock (and the
+        // checksum, which covers them).
+        let mut marker: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(f.dir.join("state/steps/build.json")).unwrap())
+                .unwrap();
+        marker["marker"]["completed_at_ms"] = 0.into();
+        marker["checksum"] = "".into();
+        (files, serde_json::to_vec(&marker).unwrap())
+    };
+    assert_eq!(snapshot(), snapshot());
+}
+
+#[test]
+fn reset_invalidates_a_step() {
+    let f = fixture();
+    let run = Run::open(&f.dir).unwrap();
+    let mut runs = 0;
+    build(&run, "src", 3, &mut runs).unwrap();
+    assert!(run.step("build").unwrap().reset().unwrap());
+    build(&run, "src", 3, &mut runs).unwrap();
+    assert_eq!(runs, 2);
+}
+
+#[test]
+fn an_output_directory_reached_through_a_symlink_is_refused() {
+    let f = fixture();
+    let outside = tempfile::tempdir().unwrap();
+    let run = Run::open(&f.dir).unwrap();
+    std::os::unix::fs::symlink(outside.path(), f.dir.join("out")).unwrap();
+    let mut runs = 0;
+    let err = build(&run, "src", 3, &mut runs).unwrap_err();
+    assert!(err.to_string().contains("not a directory"), "{err}");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}

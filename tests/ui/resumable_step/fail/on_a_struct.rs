@@ -1,0 +1,6 @@
+use recovery::resumable_step;
+
+#[resumable_step("clone")]
+struct Clone;
+
+fn main() {}
