@@ -98,6 +98,58 @@ impl Run {
         Ok(run)
     }
 
+    /// Opens a run directory that must already exist, without creating or
+    /// sweeping anything: for tools that inspect runs (`recovery status`).
+    ///
+    /// # Errors
+    /// When `dir` is missing, not a directory, or not a run.
+    pub fn open_existing(dir: impl AsRef<Path>) -> Result<Run, RunError> {
+        let given = dir.as_ref();
+        let fs: Arc<dyn FileSystem> = Arc::new(RealFs);
+        match fs.stat(given) {
+            Ok(s) if s.kind == EntryKind::Dir => {}
+            Ok(_) => {
+                return Err(RunError::NotARunDirectory {
+                    path: given.to_owned(),
+                });
+            }
+            Err(e) => return Err(RunError::io("open run directory", given, e)),
+        }
+        if fs.stat(&given.join("run.json")).is_err() {
+            return Err(RunError::NotARunDirectory {
+                path: given.to_owned(),
+            });
+        }
+        let dir = std::path::absolute(given)
+            .map_err(|e| RunError::io("resolve run directory", given, e))?;
+        let run = Run {
+            inner: Arc::new(RunInner {
+                dir,
+                fs,
+                sites: Mutex::new(HashMap::new()),
+            }),
+        };
+        run.check_or_init()?;
+        Ok(run)
+    }
+
+    /// The names of the steps that have a marker file, sorted.
+    pub fn steps(&self) -> Result<Vec<String>, RunError> {
+        let dir = self.steps_dir();
+        let names = match self.fs().read_dir(&dir) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(RunError::io("list", &dir, e)),
+        };
+        Ok(names
+            .iter()
+            .filter(|n| !n.starts_with(TEMP_PREFIX))
+            .filter_map(|n| n.strip_suffix(".json"))
+            .filter(|n| check_step_name(n).is_ok())
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// Makes sure the directory is a run (or empty, and makes it one).
     fn check_or_init(&self) -> Result<(), RunError> {
         let fs = self.fs();

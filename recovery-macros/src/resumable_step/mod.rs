@@ -35,7 +35,11 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             syn::Meta::List(list) => list.tokens,
             _ => TokenStream::new(),
         };
-        let retry_args = crate::retryable::parse_args(tokens, &mut errors);
+        let mut retry_args = crate::retryable::parse_args(tokens, &mut errors);
+        // Retries inside a step are reported under the step's name.
+        if retry_args.name.is_none() {
+            retry_args.name = args.name.clone();
+        }
         crate::retryable::check(&func, &mut errors);
         if errors.is_empty() {
             match crate::retryable::generate_fn(&retry_args, func) {

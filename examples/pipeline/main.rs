@@ -1,0 +1,161 @@
+//! The example pipeline: clone a repository with the real `git`, then a
+//! worker stage writes a manifest and a summary; every step resumes after a
+//! crash and transient failures are retried.
+//!
+//!     cargo run --example pipeline                      # the demo, in runs/demo
+//!     cargo run --example pipeline -- --simulate-failure
+//!     cargo run --example pipeline -- --crash-after clone   # then run again: it resumes
+//!     cargo run --example pipeline -- --repo https://...    # clone something else
+
+mod crash;
+mod proxy;
+mod report;
+mod source;
+mod steps;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+
+use clap::Parser;
+use recovery::{Context, Run};
+
+use crate::crash::Point;
+use crate::report::Progress;
+use crate::steps::{FlakyWorker, build_manifest, clone_repo, write_summary};
+
+const STEPS: &[&str] = &["clone", "manifest", "summary"];
+
+#[derive(Parser)]
+#[command(about = "Clone a repository, build a manifest and a summary; resume after any crash")]
+struct Args {
+    /// The run directory (created if missing; reused to resume).
+    #[arg(long, default_value = "runs/demo")]
+    run_dir: PathBuf,
+    /// Clone this (a path or a URL) instead of the built-in demo repository.
+    #[arg(long)]
+    repo: Option<String>,
+    /// Put a flaky proxy in front of the git server that drops the first
+    /// connections, and make the worker fail on its first attempts.
+    #[arg(long)]
+    simulate_failure: bool,
+    /// Connections the flaky proxy drops before it forwards any.
+    #[arg(long, default_value_t = 2)]
+    drops: u32,
+    /// End the process abruptly (SIGKILL) right after this step.
+    #[arg(long, value_name = "STEP", value_parser = clap::builder::PossibleValuesParser::new(STEPS))]
+    crash_after: Option<String>,
+    /// End the process abruptly inside this step, outputs half-written.
+    #[arg(long, value_name = "STEP", value_parser = clap::builder::PossibleValuesParser::new(STEPS))]
+    crash_inside: Option<String>,
+    /// Wait inside this step (to be killed from outside, as the tests do).
+    #[arg(long, value_name = "STEP", value_parser = clap::builder::PossibleValuesParser::new(STEPS))]
+    pause_inside: Option<String>,
+    /// The jitter seed: the same seed and the same failures give the same run.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match pipeline(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    crash::set(crash::Plan {
+        crash_after: args.crash_after.clone(),
+        crash_inside: args.crash_inside.clone(),
+        pause_inside: args.pause_inside.clone(),
+    });
+    let run = Run::open(&args.run_dir)?;
+    println!("run directory: {}", run.dir().display());
+
+    // The source: a URL given, or the demo repository served on loopback.
+    let (url, source) = match &args.repo {
+        Some(repo) => (repo.clone(), repo.clone()),
+        None => {
+            let mut name = run.dir().file_name().unwrap_or_default().to_owned();
+            name.push(".source");
+            let base = run.dir().with_file_name(name);
+            std::fs::create_dir_all(&base)?;
+            source::demo_repository(&base)?;
+            let server = source::serve(&base)?;
+            let addr = if args.simulate_failure {
+                let (proxy, _) = proxy::start(server, args.drops)?;
+                println!(
+                    "serving the demo repository on {server}, through a flaky proxy on {proxy} \
+                     that drops the first {} connections",
+                    args.drops
+                );
+                proxy
+            } else {
+                println!("serving the demo repository on {server}");
+                server
+            };
+            (format!("git://{addr}/demo.git"), "demo".to_owned())
+        }
+    };
+    // The key of the clone step is the source, not the port it is served on
+    // today: resuming must not depend on the port.
+    let clone_key = if args.repo.is_some() {
+        url.clone()
+    } else {
+        source.clone()
+    };
+
+    let progress = Arc::new(Progress::default());
+    let ctx = Context::builder()
+        .observer(progress.clone())
+        .seed(args.seed)
+        .build();
+    let worker = FlakyWorker {
+        fail_first: if args.simulate_failure { 2 } else { 0 },
+        calls: AtomicU32::new(0),
+    };
+
+    let result = ctx.in_scope(|| -> Result<steps::Summary, steps::PipelineError> {
+        let cloned = clone_repo(&run, &clone_key, &url)?;
+        crash::maybe(&run, Point::After("clone"));
+        let info = build_manifest(&run, &cloned.path, &cloned.commit, &worker)?;
+        crash::maybe(&run, Point::After("manifest"));
+        let summary = write_summary(&run, &cloned.commit, &info)?;
+        crash::maybe(&run, Point::After("summary"));
+        Ok(summary)
+    });
+
+    let outcome = if result.is_ok() { "success" } else { "failed" };
+    let log = progress.log(args.seed, &source, STEPS, outcome);
+    let artifacts = run.dir().join("artifacts");
+    std::fs::create_dir_all(&artifacts)?;
+    let mut json = serde_json::to_vec_pretty(&log)?;
+    json.push(b'\n');
+    recovery::atomic_write(&artifacts.join("recovery_log.json"), &json)?;
+
+    let summary = result?;
+    println!();
+    for step in &log.steps {
+        let retries = step.attempts.len();
+        println!(
+            "  {:<9} {:<8} {} retr{}",
+            step.step,
+            step.outcome,
+            retries,
+            if retries == 1 { "y" } else { "ies" }
+        );
+    }
+    println!(
+        "commit {}: {} files, {} lines, {} bytes",
+        &summary.commit[..summary.commit.len().min(12)],
+        summary.files,
+        summary.lines,
+        summary.bytes
+    );
+    println!("artifacts in {}", artifacts.display());
+    Ok(())
+}

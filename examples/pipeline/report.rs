@@ -1,0 +1,159 @@
+//! What the pipeline prints while it works, and `artifacts/recovery_log.json`
+//! at the end.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use recovery::{Event, IssueRecord, Observer};
+use serde::Serialize;
+
+/// Prints each step and each retry as it happens, and keeps the events for
+/// the log.
+#[derive(Default)]
+pub struct Progress {
+    events: Mutex<Vec<Event>>,
+    issues: Mutex<Vec<IssueRecord>>,
+}
+
+impl Observer for Progress {
+    fn on_event(&self, event: &Event) {
+        match event {
+            Event::RetryAttempted {
+                operation,
+                attempt,
+                error,
+                delay_ns,
+                ..
+            } => println!(
+                "[{operation}] attempt {attempt} failed: {error}; retrying in {:.0?}",
+                Duration::from_nanos(*delay_ns)
+            ),
+            Event::StepResumed { step } => println!("[{step}] already done: resumed"),
+            Event::StepCompleted { step, outputs } => {
+                println!("[{step}] done ({outputs} outputs committed)")
+            }
+            Event::MarkerInvalid { step, reason } => {
+                println!("[{step}] its marker does not hold ({reason}): running it again")
+            }
+            other => println!("{other:?}"),
+        }
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event.clone());
+    }
+
+    fn on_issue(&self, issue: &IssueRecord) {
+        println!(
+            "[{}] gave up: {} after {} attempt(s): {}",
+            issue.operation,
+            issue.error_code.as_str(),
+            issue.attempts,
+            issue.last_error
+        );
+        self.issues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(issue.clone());
+    }
+}
+
+#[derive(Serialize)]
+pub struct RecoveryLog {
+    /// The jitter seed.
+    pub seed: u64,
+    /// "demo" for the built-in repository, else the URL given.
+    pub source: String,
+    pub steps: Vec<StepLog>,
+    /// "success" or "failed".
+    pub outcome: String,
+}
+
+#[derive(Serialize)]
+pub struct StepLog {
+    pub step: String,
+    /// "ran", "resumed" or "failed".
+    pub outcome: String,
+    pub attempts: Vec<AttemptLog>,
+    /// The delays before each retry, in ms.
+    pub delays_ms: Vec<f64>,
+    /// Each delay divided by the previous one: the backoff's growth.
+    pub growth: Vec<f64>,
+}
+
+#[derive(Serialize)]
+pub struct AttemptLog {
+    pub attempt: u32,
+    pub error: String,
+    pub delay_ms: f64,
+}
+
+impl Progress {
+    /// The log of this invocation, step by step. Wall-clock times (the
+    /// events' `elapsed_ns`) are left out, so the same seed and the same
+    /// failures give the same bytes.
+    pub fn log(&self, seed: u64, source: &str, steps: &[&str], outcome: &str) -> RecoveryLog {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let issues = self.issues.lock().unwrap_or_else(|p| p.into_inner());
+        let steps = steps
+            .iter()
+            .filter_map(|step| {
+                let attempts: Vec<AttemptLog> = events
+                    .iter()
+                    .filter_map(|e| match e {
+                        Event::RetryAttempted {
+                            operation,
+                            attempt,
+                            error,
+                            delay_ns,
+                            ..
+                        } if operation == step => Some(AttemptLog {
+                            attempt: *attempt,
+                            error: error.clone(),
+                            delay_ms: *delay_ns as f64 / 1e6,
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                let has = |kind: &str| {
+                    events
+                        .iter()
+                        .any(|e| e.kind() == kind && e.subject() == *step)
+                };
+                let outcome = if has("STEP_RESUMED") {
+                    "resumed"
+                } else if has("STEP_COMPLETED") {
+                    "ran"
+                } else if issues.iter().any(|i| i.operation == *step) {
+                    "failed"
+                } else {
+                    return None;
+                };
+                let delays_ms: Vec<f64> = attempts.iter().map(|a| a.delay_ms).collect();
+                let growth = delays_ms
+                    .windows(2)
+                    .map(|w| {
+                        if w[0] > 0.0 {
+                            (w[1] / w[0] * 1000.0).round() / 1000.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                Some(StepLog {
+                    step: (*step).to_owned(),
+                    outcome: outcome.to_owned(),
+                    attempts,
+                    delays_ms,
+                    growth,
+                })
+            })
+            .collect();
+        RecoveryLog {
+            seed,
+            source: source.to_owned(),
+            steps,
+            outcome: outcome.to_owned(),
+        }
+    }
+}

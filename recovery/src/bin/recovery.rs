@@ -1,0 +1,268 @@
+//! `recovery`: inspect and repair run directories.
+//!
+//!     recovery status RUN_DIR             each step: done or not, when, outputs verified
+//!     recovery events RUN_DIR [--type T] [--step S] [--json]
+//!     recovery issues RUN_DIR [--json]
+//!     recovery reset RUN_DIR STEP         invalidate one step (atomically)
+//!     recovery verify RUN_DIR             re-hash every recorded output
+//!
+//! Exit status: 0 when all is well, 1 when something in the run is invalid
+//! (`status`, `verify`), 2 on a usage error or a directory that is not a run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use recovery::marker::{MarkerState, verify_outputs};
+use recovery::{Event, IssueRecord, Run, RunError};
+
+#[derive(Parser)]
+#[command(
+    name = "recovery",
+    version,
+    about = "Inspect and repair recovery run directories"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Each step with a marker: done or not, when, outputs verified against the manifest.
+    Status {
+        /// The run directory.
+        run_dir: PathBuf,
+    },
+    /// The event log, oldest first.
+    Events {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Only events of this kind, e.g. RETRY_ATTEMPTED.
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: Option<String>,
+        /// Only events about this step or operation.
+        #[arg(long)]
+        step: Option<String>,
+        /// One JSON object per line, as stored.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The issue log, oldest first.
+    Issues {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// One JSON object per line, as stored.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Invalidates one step: its marker is removed, so it runs again.
+    Reset {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// The step's name.
+        step: String,
+    },
+    /// Re-hashes every recorded output and reports mismatches.
+    Verify {
+        /// The run directory.
+        run_dir: PathBuf,
+    },
+}
+
+const EVENT_KINDS: &[&str] = &[
+    "RETRY_ATTEMPTED",
+    "STEP_RESUMED",
+    "STEP_COMPLETED",
+    "MARKER_INVALID",
+];
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode, RunError> {
+    match command {
+        Command::Status { run_dir } => status(&Run::open_existing(run_dir)?),
+        Command::Events {
+            run_dir,
+            kind,
+            step,
+            json,
+        } => {
+            if let Some(k) = &kind
+                && !EVENT_KINDS.contains(&k.as_str())
+            {
+                eprintln!(
+                    "error: unknown event type {k:?}; the types are {}",
+                    EVENT_KINDS.join(", ")
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let run = Run::open_existing(run_dir)?;
+            let log = run.events()?;
+            for event in log.records.iter().filter(|e| {
+                kind.as_deref().is_none_or(|k| e.kind() == k)
+                    && step.as_deref().is_none_or(|s| e.subject() == s)
+            }) {
+                if json {
+                    println!("{}", to_json(event));
+                } else {
+                    println!("{}", describe_event(event));
+                }
+            }
+            warn_skipped(log.skipped, &run.events_path());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Issues { run_dir, json } => {
+            let run = Run::open_existing(run_dir)?;
+            let log = run.issues()?;
+            for issue in &log.records {
+                if json {
+                    println!("{}", to_json(issue));
+                } else {
+                    println!("{}", describe_issue(issue));
+                }
+            }
+            warn_skipped(log.skipped, &run.issues_path());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reset { run_dir, step } => {
+            let run = Run::open_existing(run_dir)?;
+            if run.step(&step)?.reset()? {
+                println!("reset {step}: it will run again");
+            } else {
+                println!("{step} had no marker: nothing to reset");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { run_dir } => verify(&Run::open_existing(run_dir)?),
+    }
+}
+
+fn status(run: &Run) -> Result<ExitCode, RunError> {
+    let steps = run.steps()?;
+    if steps.is_empty() {
+        println!("no step has completed in {}", run.dir().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut invalid = 0;
+    println!(
+        "{:<24} {:<8} {:<26} outputs",
+        "step", "state", "completed (UTC)"
+    );
+    for name in steps {
+        match run.step(&name)?.marker() {
+            Ok(MarkerState::Valid(m)) => println!(
+                "{:<24} {:<8} {:<26} {} verified",
+                name,
+                "done",
+                when(m.completed_at_ms),
+                m.outputs.len()
+            ),
+            Ok(MarkerState::Invalid(reason)) => {
+                invalid += 1;
+                println!("{name:<24} {:<8} {:<26} {reason}", "INVALID", "-");
+            }
+            Ok(MarkerState::Missing) => println!("{name:<24} {:<8}", "not done"),
+            Err(e) => {
+                invalid += 1;
+                println!("{name:<24} {:<8} {:<26} {e}", "ERROR", "-");
+            }
+        }
+    }
+    Ok(if invalid == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn verify(run: &Run) -> Result<ExitCode, RunError> {
+    let (mut steps, mut outputs, mut bad) = (0, 0, 0);
+    for name in run.steps()? {
+        let path = run.marker_path(&name);
+        match recovery::marker::read(&recovery::fs::RealFs, &path) {
+            Ok(MarkerState::Valid(m)) => {
+                steps += 1;
+                outputs += m.outputs.len();
+                if let Err(reason) = verify_outputs(&recovery::fs::RealFs, run.dir(), &m) {
+                    bad += 1;
+                    println!("MISMATCH {name}: {reason}");
+                }
+            }
+            Ok(MarkerState::Invalid(reason)) => {
+                bad += 1;
+                println!("INVALID  {name}: {reason}");
+            }
+            Ok(MarkerState::Missing) => {}
+            Err(e) => {
+                bad += 1;
+                println!("ERROR    {name}: {e}");
+            }
+        }
+    }
+    println!("{outputs} outputs of {steps} steps checked, {bad} problems");
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn when(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+fn describe_event(event: &Event) -> String {
+    match event {
+        Event::RetryAttempted {
+            operation,
+            attempt,
+            error,
+            delay_ns,
+            ..
+        } => format!(
+            "RETRY_ATTEMPTED {operation}: attempt {attempt} failed ({error}); retried after {}",
+            humantime::format_duration(Duration::from_millis(delay_ns / 1_000_000))
+        ),
+        Event::StepResumed { step } => format!("STEP_RESUMED    {step}"),
+        Event::StepCompleted { step, outputs } => {
+            format!("STEP_COMPLETED  {step}: {outputs} outputs")
+        }
+        Event::MarkerInvalid { step, reason } => format!("MARKER_INVALID  {step}: {reason}"),
+        other => to_json(other),
+    }
+}
+
+fn describe_issue(issue: &IssueRecord) -> String {
+    format!(
+        "{} {:?} {}: after {} attempt(s): {}",
+        issue.error_code.as_str(),
+        issue.severity,
+        issue.operation,
+        issue.attempts,
+        issue.last_error
+    )
+}
+
+fn warn_skipped(skipped: usize, path: &std::path::Path) {
+    if skipped > 0 {
+        eprintln!(
+            "warning: {skipped} line(s) of {} did not parse (cut by a crash, or written by a newer version) and were skipped",
+            path.display()
+        );
+    }
+}
