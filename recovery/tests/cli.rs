@@ -1,0 +1,206 @@
+//! The `recovery` command line on real run directories, bad input included.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use recovery::{Run, resumable_step, retryable};
+
+#[resumable_step("fetch")]
+#[retryable(max_attempts = 3, base = "1ms")]
+fn fetch(run: &Run, calls: &mut u32) -> std::io::Result<u32> {
+    *calls += 1;
+    if *calls == 1 {
+        return Err(std::io::ErrorKind::ConnectionReset.into());
+    }
+    run.write_output("data/fetched.txt", b"payload")?;
+    Ok(*calls)
+}
+
+#[resumable_step("doomed")]
+fn doomed(run: &Run) -> std::io::Result<()> {
+    let _ = run;
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "bad input file",
+    ))
+}
+
+fn cli(args: &[&str], dir: &Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_recovery"));
+    if let Some((first, rest)) = args.split_first() {
+        cmd.arg(first).arg(dir).args(rest);
+    }
+    cmd.output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A run with one done step (after a retry) and one failed step.
+fn sample() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = Run::open(tmp.path()).unwrap();
+    let mut calls = 0;
+    fetch(&run, &mut calls).unwrap();
+    assert!(doomed(&run).is_err());
+    tmp
+}
+
+#[test]
+fn status_lists_done_steps_and_fails_on_invalid_ones() {
+    let tmp = sample();
+    let o = cli(&["status"], tmp.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("fetch") && text.contains("done") && text.contains("1 verified"),
+        "{text}"
+    );
+
+    std::fs::write(tmp.path().join("data/fetched.txt"), b"tampered").unwrap();
+    let o = cli(&["status"], tmp.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("INVALID"), "{}", stdout(&o));
+}
+
+#[test]
+fn verify_rehashes_every_output() {
+    let tmp = sample();
+    let o = cli(&["verify"], tmp.path());
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stdout(&o).contains("1 outputs of 1 steps checked, 0 problems"),
+        "{}",
+        stdout(&o)
+    );
+    // Same size, other bytes: only a hash finds it.
+    std::fs::write(tmp.path().join("data/fetched.txt"), b"PAYLOAD").unwrap();
+    let o = cli(&["verify"], tmp.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o)
+            .contains("MISMATCH fetch: output data/fetched.txt does not match its recorded hash")
+    );
+}
+
+#[test]
+fn events_filter_by_type_and_step_and_speak_json() {
+    let tmp = sample();
+    let all = stdout(&cli(&["events"], tmp.path()));
+    assert_eq!(all.lines().count(), 2, "{all}");
+    let retries = stdout(&cli(&["events", "--type", "RETRY_ATTEMPTED"], tmp.path()));
+    assert_eq!(retries.lines().count(), 1);
+    assert!(
+        retries.starts_with("RETRY_ATTEMPTED fetch: attempt 1 failed"),
+        "{retries}"
+    );
+    let none = stdout(&cli(&["events", "--step", "doomed"], tmp.path()));
+    assert_eq!(none, "");
+    let json = stdout(&cli(
+        &["events", "--json", "--type", "STEP_COMPLETED"],
+        tmp.path(),
+    ));
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["event"], "STEP_COMPLETED");
+    assert_eq!(v["step"], "fetch");
+    let bad = cli(&["events", "--type", "NOPE"], tmp.path());
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("unknown event type \"NOPE\""));
+}
+
+#[test]
+fn issues_show_failed_steps() {
+    let tmp = sample();
+    let text = stdout(&cli(&["issues"], tmp.path()));
+    assert!(text.contains("STEP_FAILED Blocker doomed"), "{text}");
+    assert!(text.contains("bad input file"));
+    let json = stdout(&cli(&["issues", "--json"], tmp.path()));
+    let v: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(v["error_code"], "STEP_FAILED");
+}
+
+#[test]
+fn a_torn_last_log_line_is_skipped_with_a_warning() {
+    let tmp = sample();
+    let mut events = std::fs::read(tmp.path().join("events.jsonl")).unwrap();
+    events.extend_from_slice(b"{\"event\":\"STEP_COMP");
+    std::fs::write(tmp.path().join("events.jsonl"), events).unwrap();
+    let o = cli(&["events"], tmp.path());
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o).lines().count(), 2);
+    assert!(stderr(&o).contains("1 line(s)"), "{}", stderr(&o));
+}
+
+#[test]
+fn reset_invalidates_one_step() {
+    let tmp = sample();
+    let o = cli(&["reset", "fetch"], tmp.path());
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("reset fetch"));
+    assert!(!tmp.path().join("state/steps/fetch.json").exists());
+    let again = cli(&["reset", "fetch"], tmp.path());
+    assert!(stdout(&again).contains("had no marker"));
+    // The step runs again.
+    let run = Run::open(tmp.path()).unwrap();
+    let mut calls = 10;
+    assert_eq!(fetch(&run, &mut calls).unwrap(), 11);
+}
+
+#[test]
+fn bad_input_is_a_clear_error_never_a_panic() {
+    let tmp = sample();
+    let bad_step = cli(&["reset", "../etc"], tmp.path());
+    assert_eq!(bad_step.status.code(), Some(2));
+    assert!(
+        stderr(&bad_step).contains("invalid step name \"../etc\""),
+        "{}",
+        stderr(&bad_step)
+    );
+
+    let missing = tmp.path().join("nope");
+    let o = cli(&["status"], &missing);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("No such file"), "{}", stderr(&o));
+    assert!(!missing.exists(), "inspecting does not create a run");
+
+    let foreign = tempfile::tempdir().unwrap();
+    std::fs::write(foreign.path().join("notes.txt"), "mine").unwrap();
+    let o = cli(&["verify"], foreign.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("not a recovery run directory"),
+        "{}",
+        stderr(&o)
+    );
+
+    let file = foreign.path().join("notes.txt");
+    let o = cli(&["events"], &file);
+    assert_eq!(o.status.code(), Some(2));
+
+    std::fs::write(tmp.path().join("run.json"), "{").unwrap();
+    let o = cli(&["status"], tmp.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a run file"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"));
+
+    let usage = Command::new(env!("CARGO_BIN_EXE_recovery"))
+        .arg("frobnicate")
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(stderr(&usage).contains("unrecognized subcommand"));
+}
+
+#[test]
+fn status_of_an_empty_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    Run::open(tmp.path()).unwrap();
+    let o = cli(&["status"], tmp.path());
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("no step has completed"));
+}

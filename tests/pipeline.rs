@@ -1,0 +1,250 @@
+//! The example pipeline end to end, as a user runs it: the real `git`, a
+//! loopback git server, the flaky proxy, real SIGKILLs, then resume.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The example's binary, built once for this test run.
+fn pipeline() -> Command {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    let bin = BIN.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", "pipeline"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the pipeline example failed");
+        // target/<profile>/deps/pipeline-<hash> -> target/<profile>/examples/pipeline
+        let exe = std::env::current_exe().unwrap();
+        exe.parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples/pipeline")
+    });
+    Command::new(bin)
+}
+
+fn run_pipeline(dir: &Path, extra: &[&str]) -> Output {
+    pipeline()
+        .arg("--run-dir")
+        .arg(dir)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "pipeline failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn log(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("artifacts/recovery_log.json")).unwrap())
+        .unwrap()
+}
+
+fn step<'a>(log: &'a Value, name: &str) -> &'a Value {
+    log["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {log:#}"))
+}
+
+/// The step outputs of a finished run.
+fn artifacts(dir: &Path) -> Vec<Vec<u8>> {
+    ["artifacts/manifest.json", "artifacts/summary.json"]
+        .iter()
+        .map(|p| std::fs::read(dir.join(p)).unwrap())
+        .collect()
+}
+
+/// An uninterrupted run with simulated failures, to compare others with.
+fn reference() -> &'static (tempfile::TempDir, PathBuf) {
+    static REFERENCE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    REFERENCE.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        ok(run_pipeline(&dir, &["--simulate-failure"]));
+        (tmp, dir)
+    })
+}
+
+#[test]
+fn transient_failures_of_real_operations_are_retried() {
+    let (_, dir) = reference();
+    let log = log(dir);
+    assert_eq!(log["outcome"], "success");
+    let clone = step(&log, "clone");
+    assert_eq!(clone["outcome"], "ran");
+    let attempts = clone["attempts"].as_array().unwrap();
+    assert_eq!(
+        attempts.len(),
+        2,
+        "the proxy dropped two connections: {clone:#}"
+    );
+    for a in attempts {
+        assert_eq!(a["error"], "git clone failed: the connection was dropped");
+    }
+    let manifest = step(&log, "manifest");
+    assert_eq!(manifest["attempts"].as_array().unwrap().len(), 2);
+    // The clone crossed a real connection and checked out the demo.
+    assert!(dir.join("repo/.git").is_dir());
+    assert!(dir.join("repo/src/lib.rs").is_file());
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("artifacts/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["files"], 4);
+}
+
+#[test]
+fn a_second_invocation_resumes_every_step_and_redoes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    ok(run_pipeline(&dir, &[]));
+    let before = artifacts(&dir);
+    let stdout = ok(run_pipeline(&dir, &["--simulate-failure"]));
+    let log = log(&dir);
+    for name in ["clone", "manifest", "summary"] {
+        assert_eq!(step(&log, name)["outcome"], "resumed", "{name}: {stdout}");
+        assert!(step(&log, name)["attempts"].as_array().unwrap().is_empty());
+    }
+    assert_eq!(artifacts(&dir), before);
+}
+
+#[test]
+fn two_runs_from_scratch_with_one_seed_are_byte_identical() {
+    let (_, reference_dir) = reference();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    ok(run_pipeline(&dir, &["--simulate-failure"]));
+    assert_eq!(artifacts(&dir), artifacts(reference_dir));
+    assert_eq!(
+        std::fs::read(dir.join("artifacts/recovery_log.json")).unwrap(),
+        std::fs::read(reference_dir.join("artifacts/recovery_log.json")).unwrap()
+    );
+    // Another seed: other delays, same outputs.
+    let other = tmp.path().join("other");
+    ok(run_pipeline(&other, &["--simulate-failure", "--seed", "7"]));
+    assert_eq!(artifacts(&other), artifacts(reference_dir));
+    assert_ne!(
+        step(&log(&other), "clone")["delays_ms"],
+        step(&log(reference_dir), "clone")["delays_ms"]
+    );
+}
+
+/// Starts the pipeline paused inside `step`, SIGKILLs it there, then runs
+/// it again to the end.
+fn kill_inside_then_rerun(step_name: &str) -> PathBuf {
+    let tmp = tempfile::tempdir().unwrap().keep();
+    let dir = tmp.join("run");
+    let mut child = pipeline()
+        .arg("--run-dir")
+        .arg(&dir)
+        .args(["--simulate-failure", "--pause-inside", step_name])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let paused = tmp.join("run.paused");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !paused.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the pipeline ended before pausing: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pipeline never reached {step_name}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    assert!(!child.wait().unwrap().success());
+    assert!(
+        !dir.join(format!("state/steps/{step_name}.json")).exists(),
+        "a killed step has no marker"
+    );
+    ok(run_pipeline(&dir, &["--simulate-failure"]));
+    dir
+}
+
+#[test]
+fn killed_during_the_clone_the_rerun_completes_with_identical_outputs() {
+    let dir = kill_inside_then_rerun("clone");
+    let log = log(&dir);
+    assert_eq!(step(&log, "clone")["outcome"], "ran");
+    assert_eq!(artifacts(&dir), artifacts(&reference().1));
+    std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn killed_during_the_worker_stage_the_rerun_resumes_the_clone() {
+    let dir = kill_inside_then_rerun("manifest");
+    let log = log(&dir);
+    assert_eq!(step(&log, "clone")["outcome"], "resumed");
+    assert_eq!(step(&log, "manifest")["outcome"], "ran");
+    assert_eq!(artifacts(&dir), artifacts(&reference().1));
+    std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn crashing_right_after_a_step_keeps_that_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = run_pipeline(&dir, &["--crash-after", "manifest"]);
+    assert!(!out.status.success());
+    ok(run_pipeline(&dir, &[]));
+    let log = log(&dir);
+    assert_eq!(step(&log, "clone")["outcome"], "resumed");
+    assert_eq!(step(&log, "manifest")["outcome"], "resumed");
+    assert_eq!(step(&log, "summary")["outcome"], "ran");
+}
+
+#[test]
+fn a_missing_repository_fails_at_once_with_a_clear_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let missing = tmp.path().join("no-such-repo");
+    let out = run_pipeline(&dir, &["--repo", missing.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    let log = log(&dir);
+    assert_eq!(log["outcome"], "failed");
+    assert_eq!(step(&log, "clone")["outcome"], "failed");
+    assert!(
+        step(&log, "clone")["attempts"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "not retried"
+    );
+    assert!(
+        !dir.join("repo").exists(),
+        "no partial clone at the final path"
+    );
+}
+
+#[test]
+fn a_bad_argument_is_a_clear_error() {
+    let out = pipeline()
+        .args(["--crash-after", "nonsense"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("possible values: clone, manifest, summary"),
+        "{stderr}"
+    );
+}
