@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
+use proptest::test_runner::{TestCaseError, TestRunner};
 use recovery::{
     Backoff, Context, Decision, IssueCode, Jitter, Recorder, RetryPolicy, VirtualClock, retry,
 };
@@ -88,95 +89,120 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
+const CASES: u32 = 2_000;
+
+/// Checks one random policy against one random failure sequence.
+fn keeps_every_limit(case: Case) -> Result<(), TestCaseError> {
+    let ms = Duration::from_millis;
+    let backoff = Backoff::new(ms(case.base_ms))
+        .multiplier(case.multiplier)
+        .max_delay(ms(case.max_delay_ms))
+        .jitter(case.jitter);
+    let mut policy = RetryPolicy::new()
+        .max_attempts(case.max_attempts)
+        .backoff(backoff);
+    if let Some(e) = case.max_elapsed_ms {
+        policy = policy.max_elapsed(ms(e));
+    }
+
+    let clock = VirtualClock::new();
+    let recorder = Arc::new(Recorder::default());
+    let ctx = Context::builder()
+        .virtual_time(&clock)
+        .observer(recorder.clone())
+        .seed(case.seed)
+        .build();
+
+    let mut starts = Vec::new();
+    let mut outcomes = Vec::new();
+    let result: Result<usize, Failed> = ctx.in_scope(|| {
+        retry(
+            &policy,
+            "prop",
+            |Failed(o, _): &Failed| match o {
+                Outcome::Permanent => Decision::Permanent,
+                Outcome::RetryAfter(h) => Decision::RetryAfter(ms(*h)),
+                _ => Decision::Retry,
+            },
+            || {
+                let i = starts.len();
+                starts.push(clock.now());
+                let (o, work) = case.script.get(i).copied().unwrap_or((Outcome::Ok, 0));
+                outcomes.push(o);
+                clock.advance(ms(work));
+                match o {
+                    Outcome::Ok => Ok(i),
+                    other => Err(Failed(other, i)),
+                }
+            },
+        )
+    });
+    let calls = starts.len();
+
+    prop_assert!(
+        calls as u32 <= case.max_attempts,
+        "{} calls > {}",
+        calls,
+        case.max_attempts
+    );
+    for d in clock.slept() {
+        prop_assert!(d <= ms(case.max_delay_ms), "slept {:?} > max_delay", d);
+    }
+    if let Some(e) = case.max_elapsed_ms {
+        for start in &starts[1..] {
+            prop_assert!(
+                *start < ms(e),
+                "an attempt started at {:?}, after the deadline",
+                start
+            );
+        }
+        // Each sleep ends when the next attempt starts: checked above,
+        // so no sleep ran past the deadline either.
+    }
+    // A permanent error is the last call.
+    if let Some(p) = outcomes
+        .iter()
+        .position(|o| matches!(o, Outcome::Permanent))
+    {
+        prop_assert_eq!(p + 1, calls);
+    }
+    // The result is the last attempt's.
+    match (&result, outcomes.last()) {
+        (Ok(i), Some(Outcome::Ok)) => {
+            prop_assert_eq!(*i + 1, calls);
+            prop_assert!(recorder.issues().is_empty());
+        }
+        (Err(Failed(o, i)), Some(last)) => {
+            prop_assert_eq!(*i + 1, calls);
+            prop_assert_eq!(format!("{o:?}"), format!("{last:?}"));
+            let issues = recorder.issues();
+            prop_assert_eq!(issues.len(), 1);
+            let expected = match o {
+                Outcome::Permanent => IssueCode::PermanentError,
+                _ if calls as u32 == case.max_attempts => IssueCode::MaxRetriesExceeded,
+                _ => IssueCode::DeadlineExceeded,
+            };
+            prop_assert_eq!(issues[0].error_code, expected);
+            prop_assert_eq!(issues[0].attempts as usize, calls);
+        }
+        other => prop_assert!(false, "result and script disagree: {:?}", other),
+    }
+    // One RETRY_ATTEMPTED per sleep.
+    prop_assert_eq!(recorder.events().len(), clock.slept().len());
+    prop_assert_eq!(clock.slept().len() + 1, calls);
+    Ok(())
+}
+
+#[test]
+fn the_loop_keeps_every_limit() {
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(CASES));
+    runner.run(&case(), keeps_every_limit).unwrap();
+    println!("RELIABILITY retry_policy_cases={CASES}");
+    println!("RELIABILITY retry_limit_violations=0");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
-
-    #[test]
-    fn the_loop_keeps_every_limit(case in case()) {
-        let ms = Duration::from_millis;
-        let backoff = Backoff::new(ms(case.base_ms))
-            .multiplier(case.multiplier)
-            .max_delay(ms(case.max_delay_ms))
-            .jitter(case.jitter);
-        let mut policy = RetryPolicy::new().max_attempts(case.max_attempts).backoff(backoff);
-        if let Some(e) = case.max_elapsed_ms {
-            policy = policy.max_elapsed(ms(e));
-        }
-
-        let clock = VirtualClock::new();
-        let recorder = Arc::new(Recorder::default());
-        let ctx = Context::builder()
-            .virtual_time(&clock)
-            .observer(recorder.clone())
-            .seed(case.seed)
-            .build();
-
-        let mut starts = Vec::new();
-        let mut outcomes = Vec::new();
-        let result: Result<usize, Failed> = ctx.in_scope(|| {
-            retry(
-                &policy,
-                "prop",
-                |Failed(o, _): &Failed| match o {
-                    Outcome::Permanent => Decision::Permanent,
-                    Outcome::RetryAfter(h) => Decision::RetryAfter(ms(*h)),
-                    _ => Decision::Retry,
-                },
-                || {
-                    let i = starts.len();
-                    starts.push(clock.now());
-                    let (o, work) = case.script.get(i).copied().unwrap_or((Outcome::Ok, 0));
-                    outcomes.push(o);
-                    clock.advance(ms(work));
-                    match o {
-                        Outcome::Ok => Ok(i),
-                        other => Err(Failed(other, i)),
-                    }
-                },
-            )
-        });
-        let calls = starts.len();
-
-        prop_assert!(calls as u32 <= case.max_attempts, "{} calls > {}", calls, case.max_attempts);
-        for d in clock.slept() {
-            prop_assert!(d <= ms(case.max_delay_ms), "slept {:?} > max_delay", d);
-        }
-        if let Some(e) = case.max_elapsed_ms {
-            for start in &starts[1..] {
-                prop_assert!(*start < ms(e), "an attempt started at {:?}, after the deadline", start);
-            }
-            // Each sleep ends when the next attempt starts: checked above,
-            // so no sleep ran past the deadline either.
-        }
-        // A permanent error is the last call.
-        if let Some(p) = outcomes.iter().position(|o| matches!(o, Outcome::Permanent)) {
-            prop_assert_eq!(p + 1, calls);
-        }
-        // The result is the last attempt's.
-        match (&result, outcomes.last()) {
-            (Ok(i), Some(Outcome::Ok)) => {
-                prop_assert_eq!(*i + 1, calls);
-                prop_assert!(recorder.issues().is_empty());
-            }
-            (Err(Failed(o, i)), Some(last)) => {
-                prop_assert_eq!(*i + 1, calls);
-                prop_assert_eq!(format!("{o:?}"), format!("{last:?}"));
-                let issues = recorder.issues();
-                prop_assert_eq!(issues.len(), 1);
-                let expected = match o {
-                    Outcome::Permanent => IssueCode::PermanentError,
-                    _ if calls as u32 == case.max_attempts => IssueCode::MaxRetriesExceeded,
-                    _ => IssueCode::DeadlineExceeded,
-                };
-                prop_assert_eq!(issues[0].error_code, expected);
-                prop_assert_eq!(issues[0].attempts as usize, calls);
-            }
-            other => prop_assert!(false, "result and script disagree: {:?}", other),
-        }
-        // One RETRY_ATTEMPTED per sleep.
-        prop_assert_eq!(recorder.events().len(), clock.slept().len());
-        prop_assert_eq!(clock.slept().len() + 1, calls);
-    }
 
     #[test]
     fn same_seed_same_failures_same_delays(seed in any::<u64>(), j in jitter(), n in 1u32..10) {

@@ -112,13 +112,14 @@ impl FileSystem for RealFs {
 
     fn read(&self, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
         let file = File::open(path)?;
+        // Refuse a huge file before reading any of it.
+        if file.metadata()?.len() > limit {
+            return Err(too_large(limit));
+        }
         let mut data = Vec::new();
         file.take(limit.saturating_add(1)).read_to_end(&mut data)?;
         if data.len() as u64 > limit {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("larger than the {limit}-byte limit for this file"),
-            ));
+            return Err(too_large(limit));
         }
         Ok(data)
     }
@@ -166,6 +167,14 @@ impl FileSystem for RealFs {
     fn read_link(&self, path: &Path) -> io::Result<PathBuf> {
         fs::read_link(path)
     }
+}
+
+/// The error of a bounded read over its limit.
+pub fn too_large(limit: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("larger than the {limit}-byte limit for this file"),
+    )
 }
 
 /// Adds the path and the operation to an I/O error, so that a failure says

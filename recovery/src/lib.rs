@@ -66,7 +66,7 @@ pub use issue::{IssueCode, IssueRecord, Severity};
 pub use names::{check_output_path, check_step_name};
 pub use policy::{DEFAULT_MAX_ATTEMPTS, RetryPolicy};
 pub use retry::{Retrier, retry, retry_async};
-pub use run::{LogRead, Run, parse_log};
+pub use run::{LOG_LIMIT, LogRead, RUN_FORMAT, Run, parse_log};
 pub use step::{
     Fingerprint, StagedOutput, StepDef, StepExecution, StepResult, StepState, run_step,
     run_step_async,

@@ -89,11 +89,23 @@ impl Run {
             }),
         };
         run.check_or_init()?;
-        for sub in [run.steps_dir(), run.locks_dir(), run.staging_dir()] {
+        run.refuse_symlinks()?;
+        for sub in [run.steps_dir(), run.staging_dir()] {
             run.fs()
                 .create_dir_all(&sub)
                 .map_err(|e| RunError::io("create", &sub, e))?;
         }
+        // The directories' own entries must be durable before anything is
+        // renamed out of them or into them.
+        for dir in [run.dir().to_owned(), run.dir().join("state")] {
+            run.fs()
+                .sync_dir(&dir)
+                .map_err(|e| RunError::io("fsync directory", &dir, e))?;
+        }
+        // Locks are kernel state, not durable data: they always live on the
+        // real file system, whatever `fs` simulates.
+        let locks = run.locks_dir();
+        std::fs::create_dir_all(&locks).map_err(|e| RunError::io("create", &locks, e))?;
         run.sweep()?;
         Ok(run)
     }
@@ -187,10 +199,19 @@ impl Run {
                 let entries = fs
                     .read_dir(self.dir())
                     .map_err(|e| RunError::io("list", self.dir(), e))?;
-                if !entries.is_empty() {
+                // A crash while the run was first being created leaves at
+                // most our own temporary run.json: still an empty run.
+                let (ours, theirs): (Vec<_>, Vec<_>) =
+                    entries.iter().partition(|n| n.starts_with(TEMP_PREFIX));
+                if !theirs.is_empty() {
                     return Err(RunError::NotARunDirectory {
                         path: self.dir().to_owned(),
                     });
+                }
+                for name in ours {
+                    let leftover = self.dir().join(name);
+                    fs.remove_file(&leftover)
+                        .map_err(|e| RunError::io("remove leftover", &leftover, e))?;
                 }
                 let bytes = serde_json::to_vec_pretty(&RunFile {
                     format: RUN_FORMAT,
@@ -204,6 +225,33 @@ impl Run {
             }
             Err(e) => Err(RunError::io("inspect", &path, e)),
         }
+    }
+
+    /// The run's own directories must be real directories: a symlink there
+    /// would send writes (and the sweep's removals) outside the run.
+    fn refuse_symlinks(&self) -> Result<(), RunError> {
+        let state = self.dir().join("state");
+        for dir in [
+            state,
+            self.steps_dir(),
+            self.locks_dir(),
+            self.staging_dir(),
+        ] {
+            match self.fs().stat(&dir) {
+                Ok(s) if s.kind != EntryKind::Dir => {
+                    return Err(RunError::BadRunFile {
+                        path: dir,
+                        reason: format!(
+                            "is a {:?}, not a directory; refusing to write outside the run \
+                             directory (remove it, or start a new run)",
+                            s.kind
+                        ),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Removes what crashed steps left behind: their staging directories

@@ -422,8 +422,12 @@ impl StepExecution {
             record(fs, &o.staging, &o.rel, &mut manifest)?;
         }
         if !outputs.is_empty() {
-            fs.sync_dir(&self.active.staging)
-                .map_err(|e| RunError::io("fsync directory", &self.active.staging, e))?;
+            // The staged entries, and this step's staging directory itself,
+            // must be durable before they are renamed into place.
+            for dir in [&self.active.staging, &run.staging_dir()] {
+                fs.sync_dir(dir)
+                    .map_err(|e| RunError::io("fsync directory", dir, e))?;
+            }
         }
 
         // 2. A stale marker must not vouch for outputs about to change.
@@ -470,8 +474,14 @@ impl StepExecution {
             what: "marker",
             source,
         })?;
-        atomic_write_with(fs, &marker_path, &bytes)
-            .map_err(|e| RunError::io("write marker", &marker_path, e))?;
+        if let Err(e) = atomic_write_with(fs, &marker_path, &bytes) {
+            // The rename may have happened before the failure (a failed
+            // directory fsync): take the marker back, so that a step that
+            // reports failure is not found done. Its outputs are durable
+            // either way, so a marker that cannot be removed is still safe.
+            let _ = fs.remove_file(&marker_path);
+            return Err(RunError::io("write marker", &marker_path, e));
+        }
         Ok(marker)
     }
 }

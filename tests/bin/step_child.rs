@@ -2,6 +2,8 @@
 //!
 //!     step-child slow-write RUN_DIR STARTED_FILE   write a 64 MiB output slowly
 //!     step-child once RUN_DIR SIDE_EFFECT_FILE     a step that appends one line, then sleeps
+//!     step-child chain RUN_DIR SIDE_EFFECT_FILE    five chained steps with file and directory
+//!                                                  outputs (`-` for no side-effect file)
 //!
 //! Prints the step's value on success.
 
@@ -38,15 +40,84 @@ fn once(run: &Run, side_effects: &Path) -> std::io::Result<String> {
     Ok("the value".to_owned())
 }
 
+/// Appends "step pid" to the side-effect file: one line per body run.
+fn side_effect(path: &Path, step: &str) -> std::io::Result<()> {
+    if path == Path::new("-") {
+        return Ok(());
+    }
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(log, "{step} {}", std::process::id())
+}
+
+/// Deterministic content of `len` bytes from a seed.
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            b'a' + ((x >> 33) % 26) as u8
+        })
+        .collect()
+}
+
+/// Link `n` of the chain: a directory output with two files and a file
+/// output, all derived from the previous link's value.
+fn chain_link(run: &Run, n: u64, previous: u64, side_effects: &Path) -> std::io::Result<u64> {
+    side_effect(side_effects, &format!("link-{n}"))?;
+    let dir = run.output_dir(&format!("chain/{n}"))?;
+    std::fs::write(dir.path().join("big.bin"), content(previous ^ n, 64 * 1024))?;
+    std::fs::write(
+        dir.path().join("small.txt"),
+        content(previous + n, 100 + 300 * n as usize),
+    )?;
+    run.write_output(&format!("chain/{n}.txt"), &content(n, 5000))?;
+    Ok(previous.wrapping_mul(31).wrapping_add(n))
+}
+
+#[resumable_step("link-1", key = previous)]
+fn link1(run: &Run, previous: u64, s: &Path) -> std::io::Result<u64> {
+    chain_link(run, 1, previous, s)
+}
+#[resumable_step("link-2", key = previous)]
+fn link2(run: &Run, previous: u64, s: &Path) -> std::io::Result<u64> {
+    chain_link(run, 2, previous, s)
+}
+#[resumable_step("link-3", key = previous)]
+fn link3(run: &Run, previous: u64, s: &Path) -> std::io::Result<u64> {
+    chain_link(run, 3, previous, s)
+}
+#[resumable_step("link-4", key = previous)]
+fn link4(run: &Run, previous: u64, s: &Path) -> std::io::Result<u64> {
+    chain_link(run, 4, previous, s)
+}
+#[resumable_step("link-5", key = previous)]
+fn link5(run: &Run, previous: u64, s: &Path) -> std::io::Result<u64> {
+    chain_link(run, 5, previous, s)
+}
+
+fn chain(run: &Run, s: &Path) -> std::io::Result<u64> {
+    let v = link1(run, 7, s)?;
+    let v = link2(run, v, s)?;
+    let v = link3(run, v, s)?;
+    let v = link4(run, v, s)?;
+    link5(run, v, s)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, mode, dir, extra] = args.as_slice() else {
-        return Err("usage: step-child (slow-write|once) RUN_DIR FILE".into());
+        return Err("usage: step-child (slow-write|once|chain) RUN_DIR FILE".into());
     };
     let run = Run::open(dir)?;
     match mode.as_str() {
         "slow-write" => println!("{}", slow_write(&run, Path::new(extra))?),
         "once" => println!("{}", once(&run, Path::new(extra))?),
+        "chain" => println!("{}", chain(&run, Path::new(extra))?),
         other => return Err(format!("unknown mode {other:?}").into()),
     }
     Ok(())

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+pub mod simfs;
+
 /// An error whose transience is scripted by the test.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlakyError {
