@@ -1,12 +1,16 @@
 //! A call that succeeds the first time costs nothing beyond the call: no
 //! allocation, no clock read (unless the policy has a deadline), no random
-//! number. Checked with a counting global allocator and virtual time.
+//! number; with a shared retry budget that is full, no write either. And
+//! checking a done step allocates only for reading its marker, not per
+//! output. Checked with a counting global allocator and virtual time.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context as TaskContext, Poll, Waker};
 
-use recovery::{Context, VirtualClock, retryable};
+use recovery::fs::RealFs;
+use recovery::marker::{self, MarkerState};
+use recovery::{Context, Fingerprint, RetryBudget, Run, VirtualClock, retryable};
 
 struct Counting;
 
@@ -49,6 +53,13 @@ fn fetch_with_deadline(key: &str) -> Result<usize, String> {
     Ok(key.len())
 }
 
+static BUDGET: RetryBudget = RetryBudget::new(50);
+
+#[retryable(max_attempts = 5, base = "200ms", budget = BUDGET)]
+fn fetch_budgeted(key: &str) -> Result<usize, String> {
+    Ok(key.len())
+}
+
 #[retryable(max_attempts = 3, base = "1ms", jitter)]
 async fn fetch_async(key: &str) -> Result<usize, String> {
     Ok(key.len())
@@ -76,6 +87,11 @@ fn no_allocation_on_success() {
     let (r, n) = allocations_during(|| fetch_with_deadline("abcd"));
     assert_eq!(r, Ok(4));
     assert_eq!(n, 0, "a successful call with a deadline allocated");
+
+    let (r, n) = allocations_during(|| fetch_budgeted("abcde"));
+    assert_eq!(r, Ok(5));
+    assert_eq!(n, 0, "a successful call with a retry budget allocated");
+    assert_eq!(BUDGET.available(), 50, "a full budget stays full");
 
     let (r, n) = allocations_during(|| {
         let mut fut = std::pin::pin!(fetch_async("xy"));
@@ -131,10 +147,49 @@ fn no_random_number_on_success() {
     assert_eq!(delays_after(true), plain);
 }
 
+/// A done step with `n` file outputs; returns its run and fingerprint.
+fn done_step(dir: &std::path::Path, n: usize) -> (Run, Fingerprint) {
+    let run = Run::open(dir).unwrap();
+    let step = run.step("many").unwrap();
+    let exec = step.begin().unwrap();
+    for i in 0..n {
+        let out = exec.output_file(&format!("out/{i:05}.bin")).unwrap();
+        std::fs::write(out.path(), vec![i as u8; 1024]).unwrap();
+    }
+    let fp = Fingerprint::of("many", &n, 1).unwrap();
+    exec.commit(&fp, 1, "test", &n).unwrap();
+    (run, fp)
+}
+
+/// Allocations of the full resume check minus those of reading the marker.
+fn check_allocations_beyond_the_marker_read(n: usize) -> usize {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, fp) = done_step(tmp.path(), n);
+    let step = run.step("many").unwrap();
+    let path = run.marker_path("many");
+    let (state, read) = allocations_during(|| marker::read(&RealFs, &path).unwrap());
+    assert!(matches!(state, MarkerState::Valid(_)));
+    let (state, full) = allocations_during(|| step.check(&fp).unwrap());
+    assert!(matches!(state, MarkerState::Valid(_)), "{state:?}");
+    full - read
+}
+
+fn resume_check_allocates_only_for_the_marker() {
+    let one = check_allocations_beyond_the_marker_read(1);
+    let many = check_allocations_beyond_the_marker_read(1000);
+    // A few (the marker's path, one path buffer), whatever the output count.
+    assert_eq!(
+        one, many,
+        "verification allocated per output: {one} vs {many}"
+    );
+    assert!(many <= 16, "{many} allocations beyond the marker read");
+}
+
 // One test function, so that no parallel test allocates while counting.
 #[test]
 fn happy_path_costs_nothing() {
     no_allocation_on_success();
     no_clock_read_on_success_without_deadline();
     no_random_number_on_success();
+    resume_check_allocates_only_for_the_marker();
 }

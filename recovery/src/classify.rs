@@ -12,6 +12,10 @@ pub enum Decision {
     /// header, say). The delay is at least this long, yet still bounded by
     /// `max_delay` and by the deadline.
     RetryAfter(Duration),
+    /// Transient, and the attempt timed out: retried like `Retry`, but a
+    /// [`RetryBudget`](crate::RetryBudget) charges it its higher time-out
+    /// cost (a time-out suggests an overloaded downstream).
+    Timeout,
     /// Permanent: return the error now; another attempt cannot help.
     Permanent,
 }
@@ -68,8 +72,9 @@ impl Classify for io::Error {
         match self.kind() {
             NotFound | PermissionDenied | InvalidInput | InvalidData | AlreadyExists
             | Unsupported => Decision::Permanent,
-            Interrupted | TimedOut | WouldBlock | ConnectionReset | ConnectionAborted
-            | ConnectionRefused | BrokenPipe | UnexpectedEof => Decision::Retry,
+            TimedOut => Decision::Timeout,
+            Interrupted | WouldBlock | ConnectionReset | ConnectionAborted | ConnectionRefused
+            | BrokenPipe | UnexpectedEof => Decision::Retry,
             _ => Decision::Retry,
         }
     }
@@ -105,9 +110,9 @@ mod tests {
 
     #[test]
     fn io_errors_are_classified_by_kind() {
+        assert_eq!(io::Error::from(TimedOut).classify(), Decision::Timeout);
         for kind in [
             Interrupted,
-            TimedOut,
             WouldBlock,
             ConnectionReset,
             ConnectionAborted,

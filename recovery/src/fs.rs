@@ -70,6 +70,12 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     fn read_dir(&self, path: &Path) -> io::Result<Vec<String>>;
     /// The target of a symlink.
     fn read_link(&self, path: &Path) -> io::Result<PathBuf>;
+    /// The BLAKE3 hash of a file's content, streamed.
+    fn hash(&self, path: &Path) -> io::Result<blake3::Hash> {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(self.open(path)?)?;
+        Ok(hasher.finalize())
+    }
 }
 
 /// The real file system.
@@ -166,6 +172,13 @@ impl FileSystem for RealFs {
 
     fn read_link(&self, path: &Path) -> io::Result<PathBuf> {
         fs::read_link(path)
+    }
+
+    /// Without the boxed reader of the default: no allocation per file.
+    fn hash(&self, path: &Path) -> io::Result<blake3::Hash> {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(File::open(path)?)?;
+        Ok(hasher.finalize())
     }
 }
 

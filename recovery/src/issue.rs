@@ -15,6 +15,8 @@ pub enum IssueCode {
     DeadlineExceeded,
     /// A resumable step failed: no marker was written.
     StepFailed,
+    /// The shared retry budget was empty: the error was not retried.
+    RetryBudgetExhausted,
 }
 
 impl IssueCode {
@@ -25,6 +27,7 @@ impl IssueCode {
             IssueCode::PermanentError => "PERMANENT_ERROR",
             IssueCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
             IssueCode::StepFailed => "STEP_FAILED",
+            IssueCode::RetryBudgetExhausted => "RETRY_BUDGET_EXHAUSTED",
         }
     }
 }

@@ -40,6 +40,7 @@
 //! deadline starts with the first attempt).
 
 mod backoff;
+mod budget;
 mod classify;
 mod context;
 mod error;
@@ -54,6 +55,7 @@ mod run;
 mod step;
 
 pub use backoff::{Backoff, DEFAULT_BASE, DEFAULT_MAX_DELAY, DEFAULT_MULTIPLIER, Jitter, Schedule};
+pub use budget::RetryBudget;
 pub use classify::{Classify, Decision, IntoDecision};
 pub use context::{
     Context, ContextBuilder, GlobalAlreadySet, Observer, Recorder, Scoped, Sleep, Sleeper,
@@ -96,6 +98,7 @@ pub use step::{
 /// | `jitter` | bare (= `"full"`), `"none"`, `"full"`, `"equal"`, `"decorrelated"` | `"none"` |
 /// | `when` | path to `fn(&E) -> bool` or `fn(&E) -> Decision` | every `Err` retried |
 /// | `name` | string: the operation's name in events | the function's name |
+/// | `budget` | path to a `static` [`RetryBudget`] shared with other functions | none |
 /// | `crate` | string: path to `recovery` if renamed | `"recovery"` |
 ///
 /// Durations are strings such as `"500us"`, `"200ms"`, `"1.5s"`, `"2m"`,
@@ -176,6 +179,7 @@ pub mod __private {
     pub use core::time::Duration;
 
     pub use crate::backoff::{Backoff, Jitter};
+    pub use crate::budget::RetryBudget;
     pub use crate::classify::{Decision, IntoDecision};
     pub use crate::policy::RetryPolicy;
     pub use crate::retry::Retrier;

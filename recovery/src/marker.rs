@@ -175,18 +175,21 @@ pub fn read(fs: &dyn FileSystem, path: &Path) -> Result<MarkerState, RunError> {
     }
 }
 
-/// BLAKE3 of a file's content, streamed.
+/// BLAKE3 of a file's content, streamed, as hex.
 pub fn hash_file(fs: &dyn FileSystem, path: &Path) -> io::Result<String> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(fs.open(path)?)?;
-    Ok(hasher.finalize().to_hex().to_string())
+    Ok(fs.hash(path)?.to_hex().to_string())
 }
 
 /// Checks every output in the manifest against the run directory: kind,
 /// size and hash. Returns the first mismatch, described.
 pub fn verify_outputs(fs: &dyn FileSystem, run_dir: &Path, marker: &Marker) -> Result<(), String> {
+    // One path buffer for all entries, and hashes compared as stack
+    // strings: checking a done step allocates nothing per output.
+    let mut path = std::path::PathBuf::with_capacity(run_dir.as_os_str().len() + 256);
     for entry in &marker.outputs {
-        let path = run_dir.join(&entry.path);
+        path.as_mut_os_string().clear();
+        path.push(run_dir);
+        path.push(&entry.path);
         let stat = fs
             .stat(&path)
             .map_err(|e| format!("output {} is missing or unreadable ({e})", entry.path))?;
@@ -209,9 +212,10 @@ pub fn verify_outputs(fs: &dyn FileSystem, run_dir: &Path, marker: &Marker) -> R
                         entry.path, stat.len, entry.size
                     ));
                 }
-                let hash = hash_file(fs, &path)
+                let hash = fs
+                    .hash(&path)
                     .map_err(|e| format!("output {} cannot be read ({e})", entry.path))?;
-                if Some(&hash) != entry.blake3.as_ref() {
+                if entry.blake3.as_deref() != Some(hash.to_hex().as_str()) {
                     return Err(format!(
                         "output {} does not match its recorded hash",
                         entry.path
@@ -222,10 +226,8 @@ pub fn verify_outputs(fs: &dyn FileSystem, run_dir: &Path, marker: &Marker) -> R
                 let target = fs
                     .read_link(&path)
                     .map_err(|e| format!("output {} cannot be read ({e})", entry.path))?;
-                let hash = blake3::hash(target.as_os_str().as_encoded_bytes())
-                    .to_hex()
-                    .to_string();
-                if Some(&hash) != entry.blake3.as_ref() {
+                let hash = blake3::hash(target.as_os_str().as_encoded_bytes());
+                if entry.blake3.as_deref() != Some(hash.to_hex().as_str()) {
                     return Err(format!(
                         "output {} points elsewhere than recorded",
                         entry.path

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::backoff::Backoff;
+use crate::budget::RetryBudget;
 
 /// The default number of attempts (the first call included): 3.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -21,11 +22,12 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 ///     .max_elapsed(Duration::from_secs(10));
 /// assert_eq!(POLICY.attempts(), 5);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
     max_attempts: u32,
     backoff: Backoff,
     max_elapsed: Option<Duration>,
+    budget: Option<&'static RetryBudget>,
 }
 
 impl Default for RetryPolicy {
@@ -41,6 +43,7 @@ impl RetryPolicy {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             backoff: Backoff::new(crate::backoff::DEFAULT_BASE),
             max_elapsed: None,
+            budget: None,
         }
     }
 
@@ -68,6 +71,19 @@ impl RetryPolicy {
     pub const fn max_elapsed(mut self, max_elapsed: Duration) -> Self {
         self.max_elapsed = Some(max_elapsed);
         self
+    }
+
+    /// Shares `budget` with every other policy that names it: retries take
+    /// tokens from it, and stop (the first attempt still runs) when it is
+    /// empty.
+    pub const fn budget(mut self, budget: &'static RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// The shared retry budget, if any.
+    pub const fn retry_budget(&self) -> Option<&'static RetryBudget> {
+        self.budget
     }
 
     /// The number of attempts allowed, the first included.

@@ -42,6 +42,8 @@ struct Slow {
     /// first failure without one.
     start: Duration,
     slept: Duration,
+    /// Tokens taken from the policy's retry budget, given back on success.
+    taken: u32,
 }
 
 impl<'p> Retrier<'p> {
@@ -70,6 +72,15 @@ impl<'p> Retrier<'p> {
     #[inline]
     pub fn is_last_attempt(&self) -> bool {
         self.failed + 1 >= self.policy.attempts()
+    }
+
+    /// Records a success: gives tokens back to the policy's retry budget, if
+    /// it has one (a full budget is only read). Nothing else happens.
+    #[inline]
+    pub fn succeeded(&self) {
+        if let Some(budget) = self.policy.retry_budget() {
+            budget.on_success(self.slow.as_ref().map(|s| s.taken).filter(|t| *t > 0));
+        }
     }
 
     /// Attempts made so far (failed ones).
@@ -101,6 +112,7 @@ impl<'p> Retrier<'p> {
                 schedule: backoff.schedule(seed),
                 start,
                 slept: Duration::ZERO,
+                taken: 0,
             }
         });
         let elapsed = slow.ctx.now().saturating_sub(slow.start);
@@ -111,11 +123,20 @@ impl<'p> Retrier<'p> {
             Err(IssueCode::MaxRetriesExceeded)
         } else {
             let delay = slow.schedule.next_delay(decision.hint());
-            match self.policy.deadline() {
+            match (self.policy.deadline(), self.policy.retry_budget()) {
                 // Sleeping until (or past) the deadline would only lead to an
                 // attempt that is not allowed to start: stop now instead.
-                Some(max) if elapsed.saturating_add(delay) >= max => {
+                (Some(max), _) if elapsed.saturating_add(delay) >= max => {
                     Err(IssueCode::DeadlineExceeded)
+                }
+                (_, Some(budget)) => {
+                    let cost = budget.cost(decision == Decision::Timeout);
+                    if budget.try_acquire(cost) {
+                        slow.taken += cost;
+                        Ok(delay)
+                    } else {
+                        Err(IssueCode::RetryBudgetExhausted)
+                    }
                 }
                 _ => Ok(delay),
             }
@@ -198,7 +219,10 @@ pub fn retry<T, E: Display>(
     let mut retrier = Retrier::new(policy, operation);
     loop {
         match op() {
-            Ok(v) => return Ok(v),
+            Ok(v) => {
+                retrier.succeeded();
+                return Ok(v);
+            }
             Err(e) => {
                 let decision = classify(&e);
                 if !retrier.retry_blocking(&e, decision) {
@@ -219,7 +243,10 @@ pub async fn retry_async<T, E: Display, Fut: Future<Output = Result<T, E>>>(
     let mut retrier = Retrier::new(policy, operation);
     loop {
         match op().await {
-            Ok(v) => return Ok(v),
+            Ok(v) => {
+                retrier.succeeded();
+                return Ok(v);
+            }
             Err(e) => {
                 let decision = classify(&e);
                 match retrier.retry_async(&e, decision) {
@@ -291,7 +318,7 @@ mod tests {
                     step.map_err(|d| match d {
                         Decision::Permanent => "permanent".to_string(),
                         Decision::RetryAfter(x) => format!("after {}", x.as_millis()),
-                        Decision::Retry => format!("transient {calls}"),
+                        Decision::Retry | Decision::Timeout => format!("transient {calls}"),
                     })
                 },
             )

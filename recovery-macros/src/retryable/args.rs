@@ -23,6 +23,7 @@ pub const KEYS: &[&str] = &[
     "jitter",
     "when",
     "name",
+    "budget",
     "crate",
 ];
 
@@ -49,6 +50,7 @@ pub struct RetryArgs {
     pub jitter: Option<(JitterKind, Span)>,
     pub when: Option<Expr>,
     pub name: Option<(String, Span)>,
+    pub budget: Option<syn::Path>,
     pub krate: Option<syn::Path>,
 }
 
@@ -106,6 +108,7 @@ impl RetryArgs {
             "jitter" => self.jitter = Some(jitter(value)?),
             "when" => self.when = Some(when(value)?),
             "name" => self.name = Some(name(value)?),
+            "budget" => self.budget = Some(budget(value)?),
             "crate" => self.krate = Some(crate_path(value)?),
             _ => unreachable!("keys are checked against KEYS first"),
         }
@@ -176,6 +179,9 @@ impl RetryArgs {
             let d = duration::to_tokens(krate, d);
             policy = quote!(#policy.max_elapsed(#d));
         }
+        if let Some(budget) = &self.budget {
+            policy = quote!(#policy.budget(&#budget));
+        }
         policy
     }
 }
@@ -189,6 +195,7 @@ fn example(key: &str) -> &'static str {
         "max_elapsed" => "`max_elapsed = \"1m\"`",
         "when" => "`when = MyError::is_transient`",
         "name" => "`name = \"fetch_index\"`",
+        "budget" => "`budget = DOWNSTREAM_BUDGET`",
         "crate" => "`crate = \"::my_recovery\"`",
         _ => "`jitter = \"full\"`",
     }
@@ -311,6 +318,17 @@ fn when(value: &Expr) -> syn::Result<Expr> {
                 ),
             ))
         }
+    }
+}
+
+fn budget(value: &Expr) -> syn::Result<syn::Path> {
+    match value {
+        Expr::Path(p) if p.qself.is_none() => Ok(p.path.clone()),
+        _ => Err(syn::Error::new_spanned(
+            value,
+            "budget expects the path of a `static` recovery::RetryBudget, e.g. \
+             `budget = DOWNSTREAM_BUDGET` with `static DOWNSTREAM_BUDGET: RetryBudget = RetryBudget::new(500);`",
+        )),
     }
 }
 

@@ -119,7 +119,10 @@ pub fn generate_fn(args: &RetryArgs, mut func: ItemFn) -> syn::Result<ItemFn> {
                 #(#binds)*
                 let __recovery_result = #p::attempt_future::<#ret, _>(async #body).await;
                 let __recovery_sleep = match __recovery_result {
-                    #p::Ok(__recovery_value) => return #p::Ok(__recovery_value),
+                    #p::Ok(__recovery_value) => {
+                        __recovery_retrier.succeeded();
+                        return #p::Ok(__recovery_value);
+                    }
                     #p::Err(__recovery_error) => {
                         let __recovery_decision = #classify;
                         match __recovery_retrier.retry_async(#error_text, __recovery_decision) {
@@ -140,7 +143,10 @@ pub fn generate_fn(args: &RetryArgs, mut func: ItemFn) -> syn::Result<ItemFn> {
                 #last
                 #(#binds)*
                 match #p::attempt::<#ret, _>(|| #body) {
-                    #p::Ok(__recovery_value) => return #p::Ok(__recovery_value),
+                    #p::Ok(__recovery_value) => {
+                        __recovery_retrier.succeeded();
+                        return #p::Ok(__recovery_value);
+                    }
                     #p::Err(__recovery_error) => {
                         let __recovery_decision = #classify;
                         if !__recovery_retrier.retry_blocking(#error_text, __recovery_decision) {
