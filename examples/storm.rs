@@ -1,0 +1,141 @@
+//! Reproduces the retry-storm table of Marc Brooker's "Exponential Backoff
+//! And Jitter" with this project's backoff schedules, and draws it.
+//!
+//!     cargo run --release --example storm                  # table on stdout
+//!     cargo run --release --example storm -- docs/storm.svg   # and the plot
+
+use std::fmt::Write as _;
+
+use recovery_suite::storm::{Config, Outcome, Strategy, simulate};
+
+const CLIENTS: [u32; 8] = [10, 25, 50, 75, 100, 125, 150, 200];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let config = Config::default();
+    let mut table: Vec<(Strategy, Vec<Outcome>)> = Vec::new();
+    for strategy in Strategy::ALL {
+        table.push((
+            strategy,
+            CLIENTS
+                .iter()
+                .map(|&n| simulate(n, strategy, &config))
+                .collect(),
+        ));
+    }
+
+    println!(
+        "work {:?} per write, base {:?}, cap {:?}, seed {}",
+        config.work, config.base, config.cap, config.seed
+    );
+    println!();
+    print!("| clients |");
+    for (s, _) in &table {
+        print!(" {} calls | {} time (s) |", s.name(), s.name());
+    }
+    println!();
+    print!("|---:|");
+    for _ in &table {
+        print!("---:|---:|");
+    }
+    println!();
+    for (i, n) in CLIENTS.iter().enumerate() {
+        print!("| {n} |");
+        for (_, outcomes) in &table {
+            let o = outcomes[i];
+            print!(" {} | {:.2} |", o.calls, o.completion.as_secs_f64());
+        }
+        println!();
+    }
+
+    if let Some(path) = std::env::args().nth(1) {
+        std::fs::write(&path, svg(&table))?;
+        eprintln!("wrote {path}");
+    }
+    Ok(())
+}
+
+const COLORS: [&str; 5] = ["#888888", "#d62728", "#2ca02c", "#ff7f0e", "#1f77b4"];
+
+/// Two panels: total calls, and completion time (log scale), against clients.
+fn svg(table: &[(Strategy, Vec<Outcome>)]) -> String {
+    let (w, h, pad) = (460.0, 320.0, 50.0);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="12">"#,
+        2.0 * w + 20.0,
+        h + 60.0
+    );
+    let panels: [(&str, fn(&Outcome) -> f64, bool); 2] = [
+        ("total calls", |o| o.calls as f64, false),
+        (
+            "completion time, s (log)",
+            |o| o.completion.as_secs_f64(),
+            true,
+        ),
+    ];
+    for (p, (title, value, log)) in panels.iter().enumerate() {
+        let x0 = p as f64 * (w + 20.0);
+        let values: Vec<f64> = table
+            .iter()
+            .flat_map(|(_, os)| os.iter().map(value))
+            .collect();
+        let max = values.iter().cloned().fold(f64::MIN, f64::max);
+        let min = values.iter().cloned().fold(f64::MAX, f64::min).max(1e-3);
+        let scale = |v: f64| {
+            let t = if *log {
+                (v.max(min).ln() - min.ln()) / (max.ln() - min.ln())
+            } else {
+                v / max
+            };
+            h - pad - t * (h - 2.0 * pad)
+        };
+        let max_clients = *CLIENTS.last().unwrap() as f64;
+        let xs = |n: u32| x0 + pad + n as f64 / max_clients * (w - 2.0 * pad);
+        let _ = write!(
+            out,
+            r#"<text x="{}" y="20" font-weight="bold">{title}</text><line x1="{}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{}" y1="{}" x2="{}" y2="{}" stroke="black"/><text x="{}" y="{}">clients</text><text x="{}" y="{}">{:.0}</text><text x="{}" y="{}">{}</text>"#,
+            x0 + pad,
+            x0 + pad,
+            h - pad,
+            x0 + w - pad,
+            h - pad,
+            x0 + pad,
+            pad,
+            x0 + pad,
+            h - pad,
+            x0 + w / 2.0,
+            h - pad + 30.0,
+            x0 + 2.0,
+            pad,
+            max,
+            x0 + w - pad - 20.0,
+            h - pad + 15.0,
+            max_clients
+        );
+        for (i, (strategy, outcomes)) in table.iter().enumerate() {
+            let points: Vec<String> = outcomes
+                .iter()
+                .map(|o| format!("{:.1},{:.1}", xs(o.clients), scale(value(o))))
+                .collect();
+            let _ = write!(
+                out,
+                r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#,
+                COLORS[i],
+                points.join(" ")
+            );
+            if p == 0 {
+                let _ = write!(
+                    out,
+                    r#"<text x="{}" y="{}" fill="{}">{}</text>"#,
+                    x0 + pad + 10.0,
+                    pad + 15.0 * i as f64,
+                    COLORS[i],
+                    strategy.name()
+                );
+            }
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}
