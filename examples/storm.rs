@@ -54,6 +54,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// A panel: its title, the value it plots, and whether on a log scale.
+type Panel = (&'static str, fn(&Outcome) -> f64, bool);
+
 const COLORS: [&str; 5] = ["#888888", "#d62728", "#2ca02c", "#ff7f0e", "#1f77b4"];
 
 /// Two panels: total calls, and completion time (log scale), against clients.
@@ -66,7 +69,7 @@ fn svg(table: &[(Strategy, Vec<Outcome>)]) -> String {
         2.0 * w + 20.0,
         h + 60.0
     );
-    let panels: [(&str, fn(&Outcome) -> f64, bool); 2] = [
+    let panels: [Panel; 2] = [
         ("total calls", |o| o.calls as f64, false),
         (
             "completion time, s (log)",
