@@ -28,10 +28,11 @@ pub struct Retrier<'p> {
     operation: &'static str,
     /// Attempts that have failed so far.
     failed: u32,
-    /// Set at construction when the policy has a deadline.
-    deadline_start: Option<(Context, Duration)>,
+    /// When the first attempt started, read only when the policy has a
+    /// deadline (on the context's clock).
+    started: Option<Duration>,
     /// Everything the failure path needs, made on the first failure.
-    slow: Option<Slow>,
+    slow: Option<Box<Slow>>,
 }
 
 #[derive(Debug)]
@@ -50,19 +51,15 @@ impl<'p> Retrier<'p> {
     /// Starts a call of `operation` under `policy`.
     #[inline]
     pub fn new(policy: &'p RetryPolicy, operation: &'static str) -> Self {
-        let deadline_start = match policy.deadline() {
-            Some(_) => {
-                let ctx = Context::current();
-                let now = ctx.now();
-                Some((ctx, now))
-            }
+        let started = match policy.deadline() {
+            Some(_) => Some(Context::current().now()),
             None => None,
         };
         Retrier {
             policy,
             operation,
             failed: 0,
-            deadline_start,
+            started,
             slow: None,
         }
     }
@@ -94,26 +91,23 @@ impl<'p> Retrier<'p> {
     pub fn on_failure(&mut self, error: &dyn Display, decision: Decision) -> Option<Duration> {
         self.failed += 1;
         let slow = self.slow.get_or_insert_with(|| {
-            let (ctx, start) = match self.deadline_start.take() {
-                Some(pair) => pair,
-                None => {
-                    let ctx = Context::current();
-                    let now = ctx.now();
-                    (ctx, now)
-                }
+            let ctx = Context::current();
+            let start = match self.started {
+                Some(start) => start,
+                None => ctx.now(),
             };
             let backoff = *self.policy.schedule();
             let seed = match backoff.jitter_kind() {
                 Jitter::None => 0,
                 _ => ctx.jitter_seed(self.operation),
             };
-            Slow {
+            Box::new(Slow {
                 ctx,
                 schedule: backoff.schedule(seed),
                 start,
                 slept: Duration::ZERO,
                 taken: 0,
-            }
+            })
         });
         let elapsed = slow.ctx.now().saturating_sub(slow.start);
 

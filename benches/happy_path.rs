@@ -1,0 +1,79 @@
+//! A call that succeeds the first time: a plain function, `#[retryable]`
+//! (sync, sync with a deadline, async) and backon's retry of the same
+//! function, side by side.
+
+use std::hint::black_box;
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use backon::{BlockingRetryable, ExponentialBuilder, Retryable};
+use criterion::{Criterion, criterion_group, criterion_main};
+use recovery::retryable;
+
+#[inline(never)]
+fn work(x: u64) -> Result<u64, std::io::Error> {
+    Ok(black_box(x).wrapping_mul(31))
+}
+
+#[inline(never)]
+fn plain(x: u64) -> Result<u64, std::io::Error> {
+    work(x)
+}
+
+#[retryable(max_attempts = 5, base = "200ms", jitter)]
+#[inline(never)]
+fn ours(x: u64) -> Result<u64, std::io::Error> {
+    work(x)
+}
+
+#[retryable(max_attempts = 5, base = "200ms", max_elapsed = "30s", jitter)]
+#[inline(never)]
+fn ours_deadline(x: u64) -> Result<u64, std::io::Error> {
+    work(x)
+}
+
+#[retryable(max_attempts = 5, base = "200ms", jitter)]
+async fn ours_async(x: u64) -> Result<u64, std::io::Error> {
+    work(x)
+}
+
+async fn plain_async(x: u64) -> Result<u64, std::io::Error> {
+    work(x)
+}
+
+/// Polls a future that is ready at once.
+fn poll_once<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut TaskContext::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => unreachable!("the call succeeds at once"),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("happy_path");
+    g.bench_function("plain", |b| b.iter(|| plain(black_box(7))));
+    g.bench_function("retryable", |b| b.iter(|| ours(black_box(7))));
+    g.bench_function("retryable_deadline", |b| b.iter(|| ours_deadline(black_box(7))));
+    g.bench_function("backon_blocking", |b| {
+        b.iter(|| {
+            let x = black_box(7);
+            (|| work(x)).retry(ExponentialBuilder::default().with_jitter()).call()
+        })
+    });
+    g.bench_function("plain_async", |b| b.iter(|| poll_once(plain_async(black_box(7)))));
+    g.bench_function("retryable_async", |b| b.iter(|| poll_once(ours_async(black_box(7)))));
+    g.bench_function("backon_async", |b| {
+        b.iter(|| {
+            let x = black_box(7);
+            poll_once(
+                (|| async move { work(x) })
+                    .retry(ExponentialBuilder::default().with_jitter())
+                    .sleep(|_| std::future::ready(())),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,61 @@
+//! The resume check of a done step (marker read, checksum, fingerprint,
+//! every output's size and BLAKE3) against the bare cost of hashing the
+//! same bytes with the same hash.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use recovery::marker::MarkerState;
+use recovery::{Fingerprint, Run};
+
+/// A done step with `n` outputs of `size` bytes.
+fn done_step(dir: &Path, n: usize, size: usize) -> (Run, Fingerprint, Vec<PathBuf>) {
+    let run = Run::open(dir).unwrap();
+    let exec = run.step("bench").unwrap().begin().unwrap();
+    for i in 0..n {
+        let out = exec.output_file(&format!("out/{i:05}.bin")).unwrap();
+        let mut data = vec![(i % 251) as u8; size];
+        data[0] = (i / 251) as u8;
+        std::fs::write(out.path(), data).unwrap();
+    }
+    let fp = Fingerprint::of("bench", &(n, size), 1).unwrap();
+    exec.commit(&fp, 1, "bench", &n).unwrap();
+    let paths = (0..n).map(|i| run.dir().join(format!("out/{i:05}.bin"))).collect();
+    (run, fp, paths)
+}
+
+fn bare_hash(paths: &[PathBuf]) -> u8 {
+    let mut acc = 0;
+    for p in paths {
+        let mut h = blake3::Hasher::new();
+        h.update_reader(std::fs::File::open(p).unwrap()).unwrap();
+        acc ^= h.finalize().as_bytes()[0];
+    }
+    acc
+}
+
+fn bench(c: &mut Criterion) {
+    let root = tempfile::tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| ".".into())).unwrap();
+    for (n, size, label) in [
+        (1, 1 << 10, "1x1KiB"),
+        (100, 1 << 10, "100x1KiB"),
+        (10_000, 1 << 10, "10000x1KiB"),
+        (1, 16 << 20, "1x16MiB"),
+        (8, 16 << 20, "8x16MiB"),
+    ] {
+        let dir = root.path().join(label);
+        let (run, fp, paths) = done_step(&dir, n, size);
+        let step = run.step("bench").unwrap();
+        let mut g = c.benchmark_group(format!("resume_check_{label}"));
+        g.sample_size(10).measurement_time(Duration::from_secs(5));
+        g.bench_function(BenchmarkId::from_parameter("bare_hash"), |b| b.iter(|| bare_hash(&paths)));
+        g.bench_function(BenchmarkId::from_parameter("recovery"), |b| {
+            b.iter(|| assert!(matches!(step.check(&fp).unwrap(), MarkerState::Valid(_))))
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
