@@ -34,7 +34,8 @@ fn tempfile_persist(dir: &Path, target: &Path, data: &[u8]) {
 }
 
 fn bench(c: &mut Criterion) {
-    let dir = tempfile::tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| ".".into())).unwrap();
+    let dir =
+        tempfile::tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| ".".into())).unwrap();
     let target = dir.path().join("target.bin");
     for (label, size) in [("4KiB", 4usize << 10), ("64MiB", 64 << 20)] {
         let data = vec![0x5au8; size];

@@ -53,15 +53,23 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("happy_path");
     g.bench_function("plain", |b| b.iter(|| plain(black_box(7))));
     g.bench_function("retryable", |b| b.iter(|| ours(black_box(7))));
-    g.bench_function("retryable_deadline", |b| b.iter(|| ours_deadline(black_box(7))));
+    g.bench_function("retryable_deadline", |b| {
+        b.iter(|| ours_deadline(black_box(7)))
+    });
     g.bench_function("backon_blocking", |b| {
         b.iter(|| {
             let x = black_box(7);
-            (|| work(x)).retry(ExponentialBuilder::default().with_jitter()).call()
+            (|| work(x))
+                .retry(ExponentialBuilder::default().with_jitter())
+                .call()
         })
     });
-    g.bench_function("plain_async", |b| b.iter(|| poll_once(plain_async(black_box(7)))));
-    g.bench_function("retryable_async", |b| b.iter(|| poll_once(ours_async(black_box(7)))));
+    g.bench_function("plain_async", |b| {
+        b.iter(|| poll_once(plain_async(black_box(7))))
+    });
+    g.bench_function("retryable_async", |b| {
+        b.iter(|| poll_once(ours_async(black_box(7))))
+    });
     g.bench_function("backon_async", |b| {
         b.iter(|| {
             let x = black_box(7);

@@ -9,7 +9,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use recovery::{Fingerprint, Run};
 
 fn bench(c: &mut Criterion) {
-    let root = tempfile::tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| ".".into())).unwrap();
+    let root =
+        tempfile::tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| ".".into())).unwrap();
     let run = Run::open(root.path().join("run")).unwrap();
     let step = run.step("mark").unwrap();
     let fp = Fingerprint::of("mark", &(), 1).unwrap();
@@ -33,7 +34,12 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("mark_step_done", |b| {
-        b.iter(|| step.begin().unwrap().commit(&fp, 1, "bench", &42u32).unwrap())
+        b.iter(|| {
+            step.begin()
+                .unwrap()
+                .commit(&fp, 1, "bench", &42u32)
+                .unwrap()
+        })
     });
     g.finish();
 }

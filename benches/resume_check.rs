@@ -21,7 +21,9 @@ fn done_step(dir: &Path, n: usize, size: usize) -> (Run, Fingerprint, Vec<PathBu
     }
     let fp = Fingerprint::of("bench", &(n, size), 1).unwrap();
     exec.commit(&fp, 1, "bench", &n).unwrap();
-    let paths = (0..n).map(|i| run.dir().join(format!("out/{i:05}.bin"))).collect();
+    let paths = (0..n)
+        .map(|i| run.dir().join(format!("out/{i:05}.bin")))
+        .collect();
     (run, fp, paths)
 }
 
@@ -36,7 +38,8 @@ fn bare_hash(paths: &[PathBuf]) -> u8 {
 }
 
 fn bench(c: &mut Criterion) {
-    let root = tempfile::tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| ".".into())).unwrap();
+    let root =
+        tempfile::tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| ".".into())).unwrap();
     for (n, size, label) in [
         (1, 1 << 10, "1x1KiB"),
         (100, 1 << 10, "100x1KiB"),
@@ -49,7 +52,9 @@ fn bench(c: &mut Criterion) {
         let step = run.step("bench").unwrap();
         let mut g = c.benchmark_group(format!("resume_check_{label}"));
         g.sample_size(10).measurement_time(Duration::from_secs(5));
-        g.bench_function(BenchmarkId::from_parameter("bare_hash"), |b| b.iter(|| bare_hash(&paths)));
+        g.bench_function(BenchmarkId::from_parameter("bare_hash"), |b| {
+            b.iter(|| bare_hash(&paths))
+        });
         g.bench_function(BenchmarkId::from_parameter("recovery"), |b| {
             b.iter(|| assert!(matches!(step.check(&fp).unwrap(), MarkerState::Valid(_))))
         });

@@ -116,14 +116,32 @@ fn svg(table: &[(Strategy, Vec<Outcome>)]) -> String {
             h - pad + 15.0,
             max_clients
         );
-        for (i, (strategy, outcomes)) in table.iter().enumerate() {
+        let bottom = if *log {
+            format!("{min:.2}")
+        } else {
+            "0".into()
+        };
+        let _ = write!(
+            out,
+            r#"<text x="{}" y="{}">{bottom}</text>"#,
+            x0 + 2.0,
+            h - pad
+        );
+        // Drawn last to first, the first (no backoff) dashed on top: its
+        // calls are the same as exponential's.
+        for (i, (strategy, outcomes)) in table.iter().enumerate().rev() {
             let points: Vec<String> = outcomes
                 .iter()
                 .map(|o| format!("{:.1},{:.1}", xs(o.clients), scale(value(o))))
                 .collect();
+            let dash = if i == 0 {
+                r#" stroke-dasharray="6,4""#
+            } else {
+                ""
+            };
             let _ = write!(
                 out,
-                r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#,
+                r#"<polyline fill="none" stroke="{}" stroke-width="2"{dash} points="{}"/>"#,
                 COLORS[i],
                 points.join(" ")
             );

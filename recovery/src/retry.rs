@@ -51,10 +51,7 @@ impl<'p> Retrier<'p> {
     /// Starts a call of `operation` under `policy`.
     #[inline]
     pub fn new(policy: &'p RetryPolicy, operation: &'static str) -> Self {
-        let started = match policy.deadline() {
-            Some(_) => Some(Context::current().now()),
-            None => None,
-        };
+        let started = policy.deadline().map(|_| Context::current().now());
         Retrier {
             policy,
             operation,
