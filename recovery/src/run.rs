@@ -79,15 +79,7 @@ impl Run {
         let given = dir.as_ref();
         fs.create_dir_all(given)
             .map_err(|e| RunError::io("create run directory", given, e))?;
-        let dir = std::path::absolute(given)
-            .map_err(|e| RunError::io("resolve run directory", given, e))?;
-        let run = Run {
-            inner: Arc::new(RunInner {
-                dir,
-                fs,
-                sites: Mutex::new(HashMap::new()),
-            }),
-        };
+        let run = Run::handle(given, fs)?;
         run.check_or_init()?;
         run.refuse_symlinks()?;
         for sub in [run.steps_dir(), run.staging_dir()] {
@@ -108,6 +100,19 @@ impl Run {
         std::fs::create_dir_all(&locks).map_err(|e| RunError::io("create", &locks, e))?;
         run.sweep()?;
         Ok(run)
+    }
+
+    /// A handle on `dir` (made absolute), before any check.
+    fn handle(dir: &Path, fs: Arc<dyn FileSystem>) -> Result<Run, RunError> {
+        let dir =
+            std::path::absolute(dir).map_err(|e| RunError::io("resolve run directory", dir, e))?;
+        Ok(Run {
+            inner: Arc::new(RunInner {
+                dir,
+                fs,
+                sites: Mutex::new(HashMap::new()),
+            }),
+        })
     }
 
     /// Opens a run directory that must already exist, without creating or
@@ -132,15 +137,7 @@ impl Run {
                 path: given.to_owned(),
             });
         }
-        let dir = std::path::absolute(given)
-            .map_err(|e| RunError::io("resolve run directory", given, e))?;
-        let run = Run {
-            inner: Arc::new(RunInner {
-                dir,
-                fs,
-                sites: Mutex::new(HashMap::new()),
-            }),
-        };
+        let run = Run::handle(given, fs)?;
         run.check_or_init()?;
         Ok(run)
     }

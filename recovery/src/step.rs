@@ -713,6 +713,28 @@ fn report_failure(ctx: &Context, def: &StepDef, error: &dyn Display) {
     });
 }
 
+/// What a step does before its body: the step's result already (resumed,
+/// or failed to start), or the execution to run the body in.
+fn start<R: StepResult>(
+    run: &Run,
+    def: &StepDef,
+    fingerprint: Result<Fingerprint, RunError>,
+    ctx: &Context,
+) -> Result<(Fingerprint, StepExecution), R> {
+    let prepared = fingerprint.and_then(|fp| {
+        let p = ctx.in_scope(|| prepare::<R::Value>(run, def, &fp, ctx))?;
+        Ok((fp, p))
+    });
+    match prepared {
+        Err(e) => {
+            report_failure(ctx, def, &e);
+            Err(R::from_result(Err(e.into())))
+        }
+        Ok((_, Prepared::Resumed(value))) => Err(R::from_result(Ok(value))),
+        Ok((fp, Prepared::Run(execution))) => Ok((fp, execution)),
+    }
+}
+
 /// Runs a step: returns its recorded value if it is done, else runs `body`
 /// with the step current, commits its outputs and writes its marker.
 /// What `#[resumable_step]` expands to for a sync function.
@@ -723,21 +745,12 @@ pub fn run_step<R: StepResult, F: FnOnce() -> R>(
     body: F,
 ) -> R {
     let ctx = run.context(&Context::current());
-    let prepared = fingerprint.and_then(|fp| {
-        let p = ctx.in_scope(|| prepare::<R::Value>(run, def, &fp, &ctx))?;
-        Ok((fp, p))
-    });
-    match prepared {
-        Err(e) => {
-            report_failure(&ctx, def, &e);
-            R::from_result(Err(e.into()))
-        }
-        Ok((_, Prepared::Resumed(value))) => R::from_result(Ok(value)),
-        Ok((fp, Prepared::Run(execution))) => {
-            let outcome = execution.in_scope(|| ctx.in_scope(body));
-            finish(def, &fp, execution, outcome, &ctx)
-        }
-    }
+    let (fp, execution) = match start::<R>(run, def, fingerprint, &ctx) {
+        Ok(started) => started,
+        Err(result) => return result,
+    };
+    let outcome = execution.in_scope(|| ctx.in_scope(body));
+    finish(def, &fp, execution, outcome, &ctx)
 }
 
 /// The async form of [`run_step`]: `body` is polled with the step current
@@ -749,25 +762,16 @@ pub async fn run_step_async<R: StepResult, F: Future<Output = R>>(
     body: F,
 ) -> R {
     let ctx = run.context(&Context::current());
-    let prepared = fingerprint.and_then(|fp| {
-        let p = ctx.in_scope(|| prepare::<R::Value>(run, def, &fp, &ctx))?;
-        Ok((fp, p))
-    });
-    match prepared {
-        Err(e) => {
-            report_failure(&ctx, def, &e);
-            R::from_result(Err(e.into()))
-        }
-        Ok((_, Prepared::Resumed(value))) => R::from_result(Ok(value)),
-        Ok((fp, Prepared::Run(execution))) => {
-            let outcome = InStep {
-                future: body.with_context(ctx.clone()),
-                active: Arc::clone(&execution.active),
-            }
-            .await;
-            finish(def, &fp, execution, outcome, &ctx)
-        }
+    let (fp, execution) = match start::<R>(run, def, fingerprint, &ctx) {
+        Ok(started) => started,
+        Err(result) => return result,
+    };
+    let outcome = InStep {
+        future: body.with_context(ctx.clone()),
+        active: Arc::clone(&execution.active),
     }
+    .await;
+    finish(def, &fp, execution, outcome, &ctx)
 }
 
 pin_project_lite::pin_project! {

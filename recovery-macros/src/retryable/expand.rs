@@ -107,16 +107,19 @@ pub fn generate_fn(args: &RetryArgs, mut func: ItemFn) -> syn::Result<ItemFn> {
     };
 
     let body = &func.block;
+    let prologue = quote! {
+        const __RECOVERY_POLICY: #p::RetryPolicy = #policy;
+        let mut __recovery_retrier = #p::Retrier::new(&__RECOVERY_POLICY, #name);
+        #(#slots)*
+    };
+    let attempt_args = quote!(#last #(#binds)*);
     // The error lives only inside the `Err` arm, so it is dropped before an
     // async sleep: a `!Send` error cannot make the future `!Send`.
     let block = if func.sig.asyncness.is_some() {
         quote! {{
-            const __RECOVERY_POLICY: #p::RetryPolicy = #policy;
-            let mut __recovery_retrier = #p::Retrier::new(&__RECOVERY_POLICY, #name);
-            #(#slots)*
+            #prologue
             loop {
-                #last
-                #(#binds)*
+                #attempt_args
                 let __recovery_result = #p::attempt_future::<#ret, _>(async #body).await;
                 let __recovery_sleep = match __recovery_result {
                     #p::Ok(__recovery_value) => {
@@ -136,12 +139,9 @@ pub fn generate_fn(args: &RetryArgs, mut func: ItemFn) -> syn::Result<ItemFn> {
         }}
     } else {
         quote! {{
-            const __RECOVERY_POLICY: #p::RetryPolicy = #policy;
-            let mut __recovery_retrier = #p::Retrier::new(&__RECOVERY_POLICY, #name);
-            #(#slots)*
+            #prologue
             loop {
-                #last
-                #(#binds)*
+                #attempt_args
                 match #p::attempt::<#ret, _>(|| #body) {
                     #p::Ok(__recovery_value) => {
                         __recovery_retrier.succeeded();
