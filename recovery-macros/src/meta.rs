@@ -2,6 +2,9 @@
 //! is given to them.
 
 use proc_macro2::Ident;
+
+use crate::errors::Errors;
+use crate::suggest::did_you_mean;
 use syn::ext::IdentExt;
 use syn::parse::ParseStream;
 use syn::{Expr, Token};
@@ -57,4 +60,40 @@ pub fn crate_path(value: &Expr) -> syn::Result<syn::Path> {
             "`crate` expects a path in a string, e.g. `crate = \"::my_recovery\"`",
         )),
     }
+}
+
+/// Admits `key` if it is one of `keys` and not seen before in this
+/// attribute; otherwise reports it (with the closest known key) and
+/// returns `None`. `keys_intro` introduces the list ("the keys are").
+pub fn admit_key(
+    key: &Ident,
+    keys: &[&str],
+    attribute: &str,
+    keys_intro: &str,
+    seen: &mut Vec<String>,
+    errors: &mut Errors,
+) -> Option<String> {
+    let name = key.to_string();
+    if !keys.contains(&name.as_str()) {
+        errors.at(
+            key.span(),
+            format!(
+                "unknown key `{name}` for #[{attribute}]{}; {keys_intro}: {}",
+                did_you_mean(&name, keys),
+                keys.join(", ")
+            ),
+        );
+        return None;
+    }
+    if seen.contains(&name) {
+        errors.at(
+            key.span(),
+            format!(
+                "duplicate key `{name}`: it is already set earlier in this attribute; keep one"
+            ),
+        );
+        return None;
+    }
+    seen.push(name.clone());
+    Some(name)
 }

@@ -6,8 +6,7 @@ use syn::spanned::Spanned;
 use syn::{Expr, Lit, LitStr, Token};
 
 use crate::errors::Errors;
-use crate::meta::{RawArg, crate_path, parse_list};
-use crate::suggest::did_you_mean;
+use crate::meta::{RawArg, admit_key, crate_path, parse_list};
 use crate::value::{is_negative_literal, literal};
 
 const KEYS: &[&str] = &["key", "version", "run", "crate"];
@@ -65,28 +64,10 @@ impl StepArgs {
         }
         let mut seen: Vec<String> = Vec::new();
         for RawArg { key, value } in raw {
-            let k = key.to_string();
-            if !KEYS.contains(&k.as_str()) {
-                errors.at(
-                    key.span(),
-                    format!(
-                        "unknown key `{k}` for #[resumable_step]{}; after the name, the keys are: {}",
-                        did_you_mean(&k, KEYS),
-                        KEYS.join(", ")
-                    ),
-                );
+            let intro = "after the name, the keys are";
+            let Some(k) = admit_key(&key, KEYS, "resumable_step", intro, &mut seen, errors) else {
                 continue;
-            }
-            if seen.contains(&k) {
-                errors.at(
-                    key.span(),
-                    format!(
-                        "duplicate key `{k}`: it is already set earlier in this attribute; keep one"
-                    ),
-                );
-                continue;
-            }
-            seen.push(k.clone());
+            };
             let Some(value) = value else {
                 let example = match k.as_str() {
                     "key" => "`key = (url, rev)`",

@@ -10,7 +10,7 @@ use syn::{Expr, Lit};
 
 use crate::duration;
 use crate::errors::Errors;
-use crate::meta::{RawArg, crate_path};
+use crate::meta::{RawArg, admit_key, crate_path};
 use crate::suggest::did_you_mean;
 use crate::value::{is_negative_literal, literal};
 
@@ -60,26 +60,10 @@ impl RetryArgs {
         let mut args = RetryArgs::default();
         let mut seen: Vec<String> = Vec::new();
         for RawArg { key, value } in raw {
-            let name = key.to_string();
-            if !KEYS.contains(&name.as_str()) {
-                errors.at(
-                    key.span(),
-                    format!(
-                        "unknown key `{name}` for #[retryable]{}; the keys are: {}",
-                        did_you_mean(&name, KEYS),
-                        KEYS.join(", ")
-                    ),
-                );
+            let Some(name) = admit_key(&key, KEYS, "retryable", "the keys are", &mut seen, errors)
+            else {
                 continue;
-            }
-            if seen.contains(&name) {
-                errors.at(
-                    key.span(),
-                    format!("duplicate key `{name}`: it is already set earlier in this attribute; keep one"),
-                );
-                continue;
-            }
-            seen.push(name.clone());
+            };
             if let Err(e) = args.set(&name, key.span(), value.as_ref()) {
                 errors.push(e);
             }
