@@ -318,6 +318,13 @@ mod tests {
     }
 
     #[test]
+    fn the_retry_state_stays_small_until_a_failure() {
+        // What a call (and an async fn's future) carries on the path that
+        // succeeds; the failure state is boxed on the first failure.
+        assert!(std::mem::size_of::<Retrier<'static>>() <= 56);
+    }
+
+    #[test]
     fn max_attempts_counts_every_call_including_the_first() {
         let h = harness();
         let policy = RetryPolicy::new().max_attempts(4);
