@@ -1,10 +1,12 @@
 //! A flaky TCP proxy on loopback: it hangs up on the first `drops`
-//! connections at once, then forwards bytes both ways.
+//! connections as soon as the client has sent its request, then forwards
+//! bytes both ways.
 
-use std::io;
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 /// Starts the proxy in front of `upstream`; returns its address and a
 /// counter of the connections it dropped.
@@ -17,7 +19,7 @@ pub fn start(upstream: SocketAddr, drops: u32) -> io::Result<(SocketAddr, Arc<At
         for client in listener.incoming().flatten() {
             if counter.load(Ordering::SeqCst) < drops {
                 counter.fetch_add(1, Ordering::SeqCst);
-                let _ = client.shutdown(Shutdown::Both);
+                hang_up(client);
                 continue;
             }
             std::thread::spawn(move || {
@@ -26,6 +28,17 @@ pub fn start(upstream: SocketAddr, drops: u32) -> io::Result<(SocketAddr, Arc<At
         }
     });
     Ok((addr, dropped))
+}
+
+/// Waits for the client's request, then closes. Hanging up before the
+/// client has written races with its write: git then dies of SIGPIPE, or
+/// sees a reset, or an EOF, and says something different each time. After
+/// the request, git is reading, and always sees the same hang-up.
+fn hang_up(mut client: TcpStream) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut request = [0u8; 4096];
+    let _ = client.read(&mut request);
+    let _ = client.shutdown(Shutdown::Both);
 }
 
 fn forward(client: TcpStream, upstream: SocketAddr) -> io::Result<()> {

@@ -67,9 +67,21 @@ impl PipelineError {
     }
 }
 
-/// Turns git's stderr into a stable message: a dropped connection reads
-/// the same whatever the port or the moment it was dropped.
-fn git_failure(stderr: &str) -> PipelineError {
+/// Turns git's exit status and stderr into a stable message: a dropped
+/// connection reads the same whatever the port or the moment it was dropped.
+fn git_failure(status: std::process::ExitStatus, stderr: &str) -> PipelineError {
+    // A git that writes to a connection the peer already closed dies of
+    // SIGPIPE without a word: that is a dropped connection too.
+    if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
+        return PipelineError::Git {
+            message: if signal == SIGPIPE {
+                "the connection was dropped".into()
+            } else {
+                format!("git was killed by signal {signal}")
+            },
+            transient: true,
+        };
+    }
     let lower = stderr.to_lowercase();
     let dropped = [
         "hung up",
@@ -91,9 +103,8 @@ fn git_failure(stderr: &str) -> PipelineError {
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
-        .unwrap_or("no message")
-        .trim()
-        .to_owned();
+        .map(|l| l.trim().to_owned())
+        .unwrap_or_else(|| format!("git ended with {status} and printed nothing"));
     let permanent = [
         "does not exist",
         "not found",
@@ -105,6 +116,9 @@ fn git_failure(stderr: &str) -> PipelineError {
         message,
     }
 }
+
+/// SIGPIPE's number, the same on Linux, macOS and the BSDs.
+const SIGPIPE: i32 = 13;
 
 /// What the clone step records.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -128,14 +142,20 @@ pub fn clone_repo(run: &Run, source: &str, url: &str) -> Result<Cloned, Pipeline
         .env("GIT_TERMINAL_PROMPT", "0")
         .output()?;
     if !result.status.success() {
-        return Err(git_failure(&String::from_utf8_lossy(&result.stderr)));
+        return Err(git_failure(
+            result.status,
+            &String::from_utf8_lossy(&result.stderr),
+        ));
     }
     let head = Command::new("git")
         .args(["rev-parse", "HEAD"])
         .current_dir(out.path())
         .output()?;
     if !head.status.success() {
-        return Err(git_failure(&String::from_utf8_lossy(&head.stderr)));
+        return Err(git_failure(
+            head.status,
+            &String::from_utf8_lossy(&head.stderr),
+        ));
     }
     crash::maybe(run, Point::Inside("clone"));
     Ok(Cloned {
