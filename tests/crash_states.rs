@@ -34,7 +34,8 @@ fn block(len: usize, tag: &str) -> Vec<u8> {
 }
 
 /// The step under test: a directory output with two files (one over three
-/// 4 KiB blocks) and a file output, all written through the seam.
+/// 4 KiB blocks), a file output, and a file output outside the run
+/// directory, all written through the seam.
 #[resumable_step("commit-me", key = tag)]
 fn produce(run: &Run, fs: &SimFs, tag: &str, body_runs: &mut u32) -> std::io::Result<u64> {
     *body_runs += 1;
@@ -47,14 +48,41 @@ fn produce(run: &Run, fs: &SimFs, tag: &str, body_runs: &mut u32) -> std::io::Re
     write(dir.path().join("a.bin"), &block(10_000, tag))?;
     write(dir.path().join("b.txt"), format!("tag {tag}\n").as_bytes())?;
     run.write_output("report.txt", &block(5_000, &format!("{tag}!")))?;
+    let export = run.output_file_outside(exports(run.dir()).join("export.bin"))?;
+    write(export.path().to_owned(), &block(6_000, &format!("{tag}>")))?;
     Ok(10_000 + tag.len() as u64)
 }
 
-/// The outputs of a step, as they are in `tree`, by path in the run.
+/// The directory beside the run where the step places an output of its own.
+fn exports(root: &Path) -> PathBuf {
+    root.parent().unwrap().join("exports")
+}
+
+/// The outputs of a step, as they are in `tree`, by path in the run (the
+/// one outside by its path from the run's parent).
 fn outputs(tree: &Tree, root: &Path) -> BTreeMap<PathBuf, Node> {
-    tree.iter()
+    let export = exports(root).join("export.bin");
+    let mut found: BTreeMap<PathBuf, Node> = tree
+        .iter()
         .filter(|(k, _)| k.starts_with(root.join("data")) || *k == &root.join("report.txt"))
         .map(|(k, v)| (k.strip_prefix(root).unwrap().to_owned(), v.clone()))
+        .collect();
+    if let Some(node) = tree.get(&export) {
+        found.insert(PathBuf::from("../exports/export.bin"), node.clone());
+    }
+    found
+}
+
+/// What a step left in staging, in the run or beside its outside output.
+fn garbage(tree: &Tree, root: &Path) -> Vec<PathBuf> {
+    let staging = root.join("staging");
+    let exports = exports(root);
+    tree.keys()
+        .filter(|k| {
+            (k.starts_with(&staging) && **k != staging)
+                || (k.starts_with(&exports) && **k != exports && **k != exports.join("export.bin"))
+        })
+        .cloned()
         .collect()
 }
 
@@ -77,6 +105,7 @@ fn disk(root: &Path) -> Arc<SimFs> {
     let tree: Tree = root
         .ancestors()
         .skip(1)
+        .chain([exports(root).as_path()])
         .map(|a| (a.to_owned(), Node::Dir))
         .collect();
     Arc::new(SimFs::from_tree(tree))
@@ -138,10 +167,7 @@ fn check_crash_state(
     if &outputs(&after, root) != expected {
         violations.push("the final outputs differ from an uninterrupted run".into());
     }
-    let staging: Vec<_> = after
-        .keys()
-        .filter(|k| k.starts_with(root.join("staging")) && *k != &root.join("staging"))
-        .collect();
+    let staging = garbage(&after, root);
     if !staging.is_empty() {
         violations.push(format!("staging garbage survived: {staging:?}"));
     }
@@ -237,7 +263,8 @@ fn injected_io_errors_at_every_operation() {
                 if let Err(e) = &result {
                     failed_visibly += 1;
                     let text = e.to_string();
-                    if !text.contains(sim.root.to_str().unwrap()) {
+                    // The run directory, or the outside output beside it.
+                    if !text.contains(sim.root.parent().unwrap().to_str().unwrap()) {
                         violations.push(format!("{case}: the error does not name a path: {text}"));
                     }
                     if !text.contains(&std::io::Error::from_raw_os_error(errno).to_string()) {
@@ -263,11 +290,9 @@ fn injected_io_errors_at_every_operation() {
                 drop(run);
                 // With the fault gone: no garbage after reopening, and a rerun succeeds.
                 let run = open(&sim.root, &fs);
-                let view = fs.view();
-                if view.keys().any(|k| {
-                    k.starts_with(sim.root.join("staging")) && *k != sim.root.join("staging")
-                }) {
-                    violations.push(format!("{case}: staging garbage after reopening"));
+                let left = garbage(&fs.view(), &sim.root);
+                if !left.is_empty() {
+                    violations.push(format!("{case}: staging garbage after reopening: {left:?}"));
                 }
                 match produce(&run, &fs, "faulty", &mut 0) {
                     Ok(_) if outputs(&fs.view(), &sim.root) == expected => {}

@@ -245,6 +245,20 @@ pub(crate) fn parent_of(path: &Path) -> &Path {
     }
 }
 
+/// Removes a file, symlink or whole directory at `path`; a missing one is
+/// not an error.
+pub(crate) fn remove_entry(fs: &dyn FileSystem, path: &Path) -> io::Result<()> {
+    let removed = match fs.stat(path) {
+        Ok(s) if s.kind == EntryKind::Dir => fs.remove_dir_all(path),
+        Ok(_) => fs.remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// The prefix of every temporary file `recovery` makes beside a target, so
 /// a sweep can recognise them.
 pub(crate) const TEMP_PREFIX: &str = ".recovery-tmp.";

@@ -49,6 +49,7 @@ pub mod fs;
 mod issue;
 pub mod marker;
 mod names;
+mod outside;
 mod policy;
 mod retry;
 mod run;

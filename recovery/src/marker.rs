@@ -37,7 +37,8 @@ pub enum OutputKind {
 /// One output recorded in a marker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputEntry {
-    /// Path relative to the run directory, `/`-separated.
+    /// Path relative to the run directory, `/`-separated; absolute for an
+    /// output placed outside it (`Run::output_dir_outside`).
     pub path: String,
     /// What it is.
     pub kind: OutputKind,

@@ -88,6 +88,66 @@ pub fn check_output_path(path: &str) -> Result<String, RunError> {
     Ok(parts.join("/"))
 }
 
+/// The name prefix of what a step stages beside an output placed outside
+/// the run directory. Final paths may not take it: the sweep removes such
+/// names.
+pub const OUTSIDE_STAGING_PREFIX: &str = ".recovery-staging-";
+
+/// Checks the path of an output placed outside the run directory: absolute,
+/// UTF-8, no `.` or `..`, neither inside the run directory (use the
+/// relative form there) nor above it. Returns it as a string, for the
+/// manifest. The check is on the spelling: symlinks are not resolved.
+pub fn check_outside_path(run_dir: &Path, path: &Path) -> Result<String, RunError> {
+    let fail = |reason: &str| {
+        Err(RunError::InvalidOutputPath {
+            path: path.display().to_string(),
+            reason: reason.to_owned(),
+        })
+    };
+    let Some(text) = path.to_str() else {
+        return fail("it is not UTF-8");
+    };
+    if text.contains('\0') {
+        return fail("it contains a NUL byte");
+    }
+    if text.contains(['\n', '\r']) {
+        return fail("it contains a line break");
+    }
+    if !path.is_absolute() {
+        return fail(
+            "it is relative; an output outside the run directory needs an absolute path \
+             (inside the run directory, use output_file or output_dir)",
+        );
+    }
+    let mut clean = std::path::PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir | Component::CurDir => {
+                return fail("write it without `.` or `..` components");
+            }
+            other => clean.push(other),
+        }
+    }
+    let Some(name) = clean.file_name().and_then(|n| n.to_str()) else {
+        return fail("it names no file");
+    };
+    if name.starts_with(OUTSIDE_STAGING_PREFIX) {
+        return fail("names starting with `.recovery-staging-` are recovery's own");
+    }
+    if clean.starts_with(run_dir) {
+        return fail(
+            "it is inside the run directory: use output_file or output_dir with a relative path",
+        );
+    }
+    if run_dir.starts_with(&clean) {
+        return fail("it contains the run directory");
+    }
+    match clean.to_str() {
+        Some(s) => Ok(s.to_owned()),
+        None => fail("it is not UTF-8"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +184,26 @@ mod tests {
         assert!(reason("a\0b").contains("NUL"));
         assert!(reason("state/x").contains("uses this name"));
         assert!(reason("events.jsonl").contains("uses this name"));
+    }
+
+    #[test]
+    fn outside_paths() {
+        let run = Path::new("/data/runs/nightly");
+        let check = |p: &str| check_outside_path(run, Path::new(p));
+        assert_eq!(check("/srv/out/a.bin").unwrap(), "/srv/out/a.bin");
+        assert_eq!(check("/srv//out/").unwrap(), "/srv/out");
+        assert_eq!(check("/data/runs/other").unwrap(), "/data/runs/other");
+        let reason = |p: &str| check(p).unwrap_err().to_string();
+        assert!(reason("out/a.bin").contains("absolute"));
+        assert!(reason("/srv/../etc").contains(".."));
+        // `.` in the middle is dropped by the parse, as for relative paths.
+        assert_eq!(check("/srv/./x").unwrap(), "/srv/x");
+        assert!(reason("/").contains("names no file"));
+        assert!(reason("/data/runs/nightly/x").contains("inside the run directory"));
+        assert!(reason("/data/runs/nightly").contains("inside the run directory"));
+        assert!(reason("/data/runs").contains("contains the run directory"));
+        assert!(reason("/srv/.recovery-staging-x").contains("recovery's own"));
+        assert!(reason("/srv/a\0b").contains("NUL"));
+        assert!(reason("/srv/a\nb").contains("line break"));
     }
 }

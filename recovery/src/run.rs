@@ -23,9 +23,12 @@ use serde::{Deserialize, Serialize};
 use crate::context::{Context, Observer};
 use crate::error::RunError;
 use crate::event::Event;
-use crate::fs::{EntryKind, FileSystem, RealFs, TEMP_PREFIX, atomic_write_with};
+use crate::fs::{
+    EntryKind, FileSystem, RealFs, TEMP_PREFIX, atomic_write_with, parent_of, remove_entry,
+};
 use crate::issue::IssueRecord;
 use crate::names::check_step_name;
+use crate::outside;
 
 /// The `run.json` format this version writes and reads.
 pub const RUN_FORMAT: u32 = 1;
@@ -77,9 +80,8 @@ impl Run {
     /// [`Run::open`] through a given [`FileSystem`] (fault injection, tests).
     pub fn open_with(dir: impl AsRef<Path>, fs: Arc<dyn FileSystem>) -> Result<Run, RunError> {
         let given = dir.as_ref();
-        fs.create_dir_all(given)
-            .map_err(|e| RunError::io("create run directory", given, e))?;
         let run = Run::handle(given, fs)?;
+        run.create_durably()?;
         run.check_or_init()?;
         run.refuse_symlinks()?;
         for sub in [run.steps_dir(), run.staging_dir()] {
@@ -100,6 +102,26 @@ impl Run {
         std::fs::create_dir_all(&locks).map_err(|e| RunError::io("create", &locks, e))?;
         run.sweep()?;
         Ok(run)
+    }
+
+    /// Creates the run directory and any missing directory above it, and
+    /// makes each new entry durable in its parent: a run that vanished in
+    /// a crash would leave whatever its steps placed outside it unswept.
+    fn create_durably(&self) -> Result<(), RunError> {
+        let fs = self.fs();
+        let missing: Vec<&Path> = self
+            .dir()
+            .ancestors()
+            .take_while(|a| matches!(fs.stat(a), Err(e) if e.kind() == io::ErrorKind::NotFound))
+            .collect();
+        fs.create_dir_all(self.dir())
+            .map_err(|e| RunError::io("create run directory", self.dir(), e))?;
+        for created in missing.iter().rev() {
+            let parent = parent_of(created);
+            fs.sync_dir(parent)
+                .map_err(|e| RunError::io("fsync directory", parent, e))?;
+        }
+        Ok(())
     }
 
     /// A handle on `dir` (made absolute), before any check.
@@ -266,11 +288,13 @@ impl Run {
             };
             if let Some(_lock) = self.try_lock_step(step)? {
                 let path = staging.join(&name);
-                let removed = match fs.stat(&path) {
-                    Ok(s) if s.kind == EntryKind::Dir => fs.remove_dir_all(&path),
-                    _ => fs.remove_file(&path),
-                };
-                removed.map_err(|e| RunError::io("remove leftover", &path, e))?;
+                // What the step staged outside the run directory first:
+                // its journal lists it, and goes with this directory.
+                for outside in outside::leftovers(fs, &path) {
+                    remove_entry(fs, &outside)
+                        .map_err(|e| RunError::io("remove leftover", &outside, e))?;
+                }
+                remove_entry(fs, &path).map_err(|e| RunError::io("remove leftover", &path, e))?;
             }
         }
         let steps = self.steps_dir();

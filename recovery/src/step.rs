@@ -31,10 +31,11 @@ use serde::de::DeserializeOwned;
 use crate::context::{Context, WithContext};
 use crate::error::RunError;
 use crate::event::Event;
-use crate::fs::{EntryKind, FileSystem, atomic_write_with, parent_of};
+use crate::fs::{EntryKind, FileSystem, atomic_write_with, parent_of, remove_entry};
 use crate::issue::{IssueCode, IssueRecord, Severity};
 use crate::marker::{self, MARKER_FORMAT, Marker, MarkerState, OutputEntry, OutputKind};
-use crate::names::{check_output_path, check_step_name};
+use crate::names::{check_output_path, check_outside_path, check_step_name};
+use crate::outside;
 use crate::run::Run;
 
 /// What `#[resumable_step]` knows about a step at compile time.
@@ -107,6 +108,48 @@ impl Run {
         self.active()?.stage(path, false)
     }
 
+    /// Declares a directory output outside the run directory, at the
+    /// absolute `path`, and creates it in staging beside that path (a
+    /// rename is atomic only within one file system). Its directory must
+    /// exist. When the step succeeds it replaces whatever is at `path`;
+    /// the marker records it by its absolute path.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let tmp = tempfile::tempdir()?;
+    /// # let run_dir = tmp.path().join("run");
+    /// # let exports = tmp.path().join("exports");
+    /// # std::fs::create_dir(&exports)?;
+    /// use recovery::{Run, resumable_step};
+    ///
+    /// #[resumable_step("export")]
+    /// fn export(run: &Run, to: &std::path::Path) -> std::io::Result<()> {
+    ///     let site = run.output_dir_outside(to.join("site"))?;
+    ///     std::fs::write(site.path().join("index.html"), "<h1>done</h1>")
+    /// }
+    ///
+    /// let run = Run::open(&run_dir)?;
+    /// export(&run, &exports)?;
+    /// assert!(exports.join("site/index.html").is_file());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// A relative path, `.` or `..` components, a path inside the run
+    /// directory (use [`output_dir`](Self::output_dir)) or above it, or a
+    /// directory that does not exist: [`RunError::InvalidOutputPath`],
+    /// saying which.
+    pub fn output_dir_outside(&self, path: impl AsRef<Path>) -> Result<StagedOutput, RunError> {
+        self.active()?.stage_outside(path.as_ref(), true)
+    }
+
+    /// Declares a file output outside the run directory; see
+    /// [`output_dir_outside`](Self::output_dir_outside).
+    pub fn output_file_outside(&self, path: impl AsRef<Path>) -> Result<StagedOutput, RunError> {
+        self.active()?.stage_outside(path.as_ref(), false)
+    }
+
     /// Declares a file output and writes `data` to it; returns its final
     /// path.
     pub fn write_output(&self, path: &str, data: &[u8]) -> Result<PathBuf, RunError> {
@@ -135,7 +178,8 @@ pub struct StagedOutput {
 }
 
 impl StagedOutput {
-    /// Where to write it now (in the run's staging area).
+    /// Where to write it now (in the run's staging area, or beside the
+    /// final path for an output outside the run directory).
     pub fn path(&self) -> &Path {
         &self.staging
     }
@@ -275,8 +319,16 @@ struct Active {
 
 #[derive(Clone, Debug)]
 struct Staged {
+    /// The path in the manifest: relative to the run directory, or
+    /// absolute for an output outside it.
     rel: String,
+    /// Where the body writes it.
     staging: PathBuf,
+    /// Where the commit moves a previous version aside to.
+    trash: PathBuf,
+    final_path: PathBuf,
+    /// Placed outside the run directory (staged beside its final path).
+    outside: bool,
 }
 
 thread_local! {
@@ -284,50 +336,114 @@ thread_local! {
 }
 
 impl Active {
+    /// Declares an output inside the run directory.
     fn stage(&self, path: &str, dir: bool) -> Result<StagedOutput, RunError> {
         let rel = check_output_path(path)?;
+        let final_path = self.run.dir().join(&rel);
+        self.declare(rel, final_path, false, dir)
+    }
+
+    /// Declares an output outside the run directory, at an absolute path
+    /// whose directory exists.
+    fn stage_outside(&self, path: &Path, dir: bool) -> Result<StagedOutput, RunError> {
+        let rel = check_outside_path(self.run.dir(), path)?;
+        let final_path = PathBuf::from(&rel);
+        self.declare(rel, final_path, true, dir)
+    }
+
+    fn declare(
+        &self,
+        rel: String,
+        final_path: PathBuf,
+        outside: bool,
+        dir: bool,
+    ) -> Result<StagedOutput, RunError> {
         let mut outputs = self
             .outputs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let fs = self.run.fs();
-        let staging = match outputs.iter().position(|o| o.rel == rel) {
+        let staged = match outputs.iter().position(|o| o.rel == rel) {
             // Declared again (a retried attempt): start it afresh, so a
             // retry never leaves the first attempt's files behind.
+            // Kept in the list until cleared, so that a failure here still
+            // leaves it for the clean-up.
             Some(i) => {
-                let staging = outputs.remove(i).staging;
-                let cleared = match fs.stat(&staging) {
-                    Ok(s) if s.kind == EntryKind::Dir => fs.remove_dir_all(&staging),
-                    Ok(_) => fs.remove_file(&staging),
-                    Err(_) => Ok(()),
-                };
-                cleared.map_err(|e| RunError::io("clear", &staging, e))?;
-                staging
+                let staging = &outputs[i].staging;
+                remove_entry(fs, staging).map_err(|e| RunError::io("clear", staging, e))?;
+                outputs.remove(i)
             }
             None => {
                 if let Some(other) = outputs.iter().find(|o| overlaps(&o.rel, &rel)) {
                     return Err(RunError::InvalidOutputPath {
-                        path: path.to_owned(),
+                        path: rel,
                         reason: format!("it overlaps the output {:?} of this step", other.rel),
                     });
                 }
+                if outside {
+                    check_outside_parent(fs, &rel, &final_path)?;
+                }
                 let n = self.next_output.fetch_add(1, Ordering::Relaxed);
-                self.staging.join(format!("o{n}"))
+                let (staging, trash) = if outside {
+                    outside::staging_paths(&final_path, &self.staging, n)
+                } else {
+                    (
+                        self.staging.join(format!("o{n}")),
+                        self.staging.join(format!("t{n}")),
+                    )
+                };
+                let staged = Staged {
+                    rel,
+                    staging,
+                    trash,
+                    final_path,
+                    outside,
+                };
+                if outside {
+                    // Journaled before anything exists there, so that the
+                    // sweep finds it after a crash.
+                    let listed = outputs.iter().chain([&staged]).filter(|o| o.outside);
+                    outside::write_journal(
+                        fs,
+                        &self.staging,
+                        listed.flat_map(|o| [o.staging.as_path(), o.trash.as_path()]),
+                    )
+                    .map_err(|e| RunError::io("journal", &self.staging, e))?;
+                }
+                staged
             }
         };
         if dir {
-            fs.create_dir_all(&staging)
-                .map_err(|e| RunError::io("create", &staging, e))?;
+            fs.create_dir_all(&staged.staging)
+                .map_err(|e| RunError::io("create", &staged.staging, e))?;
         }
-        outputs.push(Staged {
-            rel: rel.clone(),
-            staging: staging.clone(),
-        });
-        Ok(StagedOutput {
-            staging,
-            final_path: self.run.dir().join(rel),
-        })
+        let out = StagedOutput {
+            staging: staged.staging.clone(),
+            final_path: staged.final_path.clone(),
+        };
+        outputs.push(staged);
+        Ok(out)
     }
+}
+
+/// An output outside the run directory is staged beside its final path,
+/// so that directory must exist: recovery creates no directories outside
+/// the run.
+fn check_outside_parent(fs: &dyn FileSystem, rel: &str, final_path: &Path) -> Result<(), RunError> {
+    let parent = parent_of(final_path);
+    let reason = match fs.stat(parent) {
+        Ok(s) if s.kind == EntryKind::Dir => return Ok(()),
+        Ok(s) => format!("{} is a {:?}, not a directory", parent.display(), s.kind),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => format!(
+            "its directory {} does not exist; create it before the step runs",
+            parent.display()
+        ),
+        Err(e) => return Err(RunError::io("inspect", parent, e)),
+    };
+    Err(RunError::InvalidOutputPath {
+        path: rel.to_owned(),
+        reason,
+    })
 }
 
 /// Whether one output path is the other or inside it.
@@ -367,6 +483,18 @@ impl StepExecution {
     /// Declares a file output; see [`Run::output_file`].
     pub fn output_file(&self, path: &str) -> Result<StagedOutput, RunError> {
         self.active.stage(path, false)
+    }
+
+    /// Declares a directory output outside the run directory; see
+    /// [`Run::output_dir_outside`].
+    pub fn output_dir_outside(&self, path: impl AsRef<Path>) -> Result<StagedOutput, RunError> {
+        self.active.stage_outside(path.as_ref(), true)
+    }
+
+    /// Declares a file output outside the run directory; see
+    /// [`Run::output_dir_outside`].
+    pub fn output_file_outside(&self, path: impl AsRef<Path>) -> Result<StagedOutput, RunError> {
+        self.active.stage_outside(path.as_ref(), false)
     }
 
     /// Runs `f` with this step current, so that [`Run::output_dir`] and
@@ -441,17 +569,18 @@ impl StepExecution {
         }
 
         // 3. Into place.
-        for (i, o) in outputs.iter().enumerate() {
-            let final_path = run.dir().join(&o.rel);
-            ensure_parents(run, &o.rel)?;
-            if fs.stat(&final_path).is_ok() {
-                let trash = self.active.staging.join(format!("t{i}"));
-                fs.rename(&final_path, &trash)
-                    .map_err(|e| RunError::io("move aside", &final_path, e))?;
+        for o in &outputs {
+            let final_path = &o.final_path;
+            if !o.outside {
+                ensure_parents(run, &o.rel)?;
             }
-            fs.rename(&o.staging, &final_path)
-                .map_err(|e| RunError::io("rename into place", &final_path, e))?;
-            let parent = parent_of(&final_path);
+            if fs.stat(final_path).is_ok() {
+                fs.rename(final_path, &o.trash)
+                    .map_err(|e| RunError::io("move aside", final_path, e))?;
+            }
+            fs.rename(&o.staging, final_path)
+                .map_err(|e| RunError::io("rename into place", final_path, e))?;
+            let parent = parent_of(final_path);
             fs.sync_dir(parent)
                 .map_err(|e| RunError::io("fsync directory", parent, e))?;
         }
@@ -489,7 +618,23 @@ impl StepExecution {
 impl Drop for StepExecution {
     fn drop(&mut self) {
         // Best effort: what is left here is swept when the run is reopened.
-        let _ = self.active.run.fs().remove_dir_all(&self.active.staging);
+        // Outside first, durably: the journal that lists it goes with the
+        // staging directory, and must outlive it.
+        let fs = self.active.run.fs();
+        let outputs = self
+            .active
+            .outputs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cleared = true;
+        for o in outputs.iter().filter(|o| o.outside) {
+            cleared &= remove_entry(fs, &o.staging).is_ok()
+                && remove_entry(fs, &o.trash).is_ok()
+                && fs.sync_dir(parent_of(&o.final_path)).is_ok();
+        }
+        if cleared {
+            let _ = fs.remove_dir_all(&self.active.staging);
+        }
     }
 }
 

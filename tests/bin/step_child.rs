@@ -4,6 +4,7 @@
 //!     step-child once RUN_DIR SIDE_EFFECT_FILE     a step that appends one line, then sleeps
 //!     step-child chain RUN_DIR SIDE_EFFECT_FILE    five chained steps with file and directory
 //!                                                  outputs (`-` for no side-effect file)
+//!     step-child crash-outside RUN_DIR EXPORT_DIR   stage outputs in EXPORT_DIR, then abort
 //!
 //! Prints the step's value on success.
 
@@ -108,16 +109,28 @@ fn chain(run: &Run, s: &Path) -> std::io::Result<u64> {
     link5(run, v, s)
 }
 
+/// Stages a directory and a file outside the run, then dies before the
+/// commit, as a crash would: no destructor runs.
+#[resumable_step("export")]
+fn crash_outside(run: &Run, exports: &Path) -> std::io::Result<u64> {
+    let dir = run.output_dir_outside(exports.join("site"))?;
+    std::fs::write(dir.path().join("index.html"), b"<h1>half</h1>")?;
+    let file = run.output_file_outside(exports.join("data.bin"))?;
+    std::fs::write(file.path(), content(1, 10_000))?;
+    std::process::abort();
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, mode, dir, extra] = args.as_slice() else {
-        return Err("usage: step-child (slow-write|once|chain) RUN_DIR FILE".into());
+        return Err("usage: step-child (slow-write|once|chain|crash-outside) RUN_DIR FILE".into());
     };
     let run = Run::open(dir)?;
     match mode.as_str() {
         "slow-write" => println!("{}", slow_write(&run, Path::new(extra))?),
         "once" => println!("{}", once(&run, Path::new(extra))?),
         "chain" => println!("{}", chain(&run, Path::new(extra))?),
+        "crash-outside" => println!("{}", crash_outside(&run, Path::new(extra))?),
         other => return Err(format!("unknown mode {other:?}").into()),
     }
     Ok(())
