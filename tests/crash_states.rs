@@ -112,7 +112,9 @@ fn disk(root: &Path) -> Arc<SimFs> {
 }
 
 fn open(root: &Path, fs: &Arc<SimFs>) -> Run {
-    Run::open_with(root, fs.clone() as Arc<dyn FileSystem>).unwrap()
+    let run = Run::open_with(root, fs.clone() as Arc<dyn FileSystem>).unwrap();
+    run.allow_outside(exports(root)).unwrap();
+    run
 }
 
 /// What a complete, uninterrupted `produce(tag)` leaves on disk.
@@ -139,7 +141,7 @@ fn check_crash_state(
     // The durable marker, if it holds, must vouch for intact outputs.
     if fs.stat(root).is_ok()
         && let Ok(MarkerState::Valid(m)) = marker::read(&*fs, &marker_path)
-        && let Err(reason) = marker::verify_outputs(&*fs, root, &m)
+        && let Err(reason) = marker::verify_outputs(&*fs, root, &[exports(root)], &m)
     {
         violations.push(format!("a valid marker with a broken output: {reason}"));
     }
@@ -147,6 +149,7 @@ fn check_crash_state(
         Ok(run) => run,
         Err(e) => return vec![format!("reopening failed: {e}")],
     };
+    run.allow_outside(exports(root)).unwrap();
     let fp = Fingerprint::of("commit-me", &tag, 1).unwrap();
     let done_before = matches!(
         run.step("commit-me").unwrap().check(&fp),

@@ -73,6 +73,49 @@ fn damaged_markers_rerun_the_step() {
     }
 }
 
+/// A marker rewritten (checksum and all) to vouch for files outside the run
+/// directory, with their true size and hash: were they read, the step
+/// would resume. It reruns instead, for `..`, an absolute path, and an
+/// absolute path outside the places the program allowed.
+#[test]
+fn a_marker_pointing_outside_the_run_is_not_read() {
+    let (tmp, run) = done_run();
+    let secret = tmp.path().join("secret.txt");
+    std::fs::write(&secret, b"not the run's").unwrap();
+    let allowed = tmp.path().join("exports");
+    std::fs::create_dir(&allowed).unwrap();
+    run.allow_outside(&allowed).unwrap();
+    let good = match marker::read(&recovery::fs::RealFs, &marker_path(&run)).unwrap() {
+        marker::MarkerState::Valid(m) => m,
+        other => panic!("{other:?}"),
+    };
+    let hash = blake3::hash(b"not the run's").to_hex().to_string();
+    for path in [
+        "../secret.txt".to_owned(),
+        "out/../../secret.txt".to_owned(),
+        secret.display().to_string(),
+        format!("{}/../secret.txt", allowed.display()),
+    ] {
+        let mut m = good.clone();
+        m.outputs.push(marker::OutputEntry {
+            path: path.clone(),
+            kind: marker::OutputKind::File,
+            size: 13,
+            blake3: Some(hash.clone()),
+        });
+        std::fs::write(marker_path(&run), marker::encode(&m).unwrap()).unwrap();
+        let reason = match run.step("victim").unwrap().marker().unwrap() {
+            marker::MarkerState::Invalid(reason) => reason,
+            other => panic!("{path}: {other:?}"),
+        };
+        assert!(reason.contains(&format!("{path:?}")), "{reason}");
+        let mut runs = 0;
+        victim(&run, &mut runs).unwrap();
+        assert_eq!(runs, 1, "{path}: the step must rerun");
+        tried();
+    }
+}
+
 #[test]
 fn a_marker_of_another_format() {
     let (_tmp, run) = done_run();

@@ -15,6 +15,13 @@ struct Fixture {
     exports: PathBuf,
 }
 
+/// Opens the run, allowing outputs in the exports directory.
+fn open(f: &Fixture) -> Run {
+    let run = Run::open(&f.run_dir).unwrap();
+    run.allow_outside(&f.exports).unwrap();
+    run
+}
+
 fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("run");
@@ -54,7 +61,7 @@ fn read(path: PathBuf) -> String {
 #[test]
 fn outside_outputs_are_committed_recorded_by_absolute_path_and_resumed() {
     let f = fixture();
-    let run = Run::open(&f.run_dir).unwrap();
+    let run = open(&f);
     let mut runs = 0;
     let value = publish(&run, &f.exports, "one", &mut runs).unwrap();
     assert_eq!(value, f.exports.join("data.json").display().to_string());
@@ -74,7 +81,7 @@ fn outside_outputs_are_committed_recorded_by_absolute_path_and_resumed() {
     );
 
     // Done: not run again, even from a new handle.
-    let run = Run::open(&f.run_dir).unwrap();
+    let run = open(&f);
     assert_eq!(publish(&run, &f.exports, "one", &mut runs).unwrap(), value);
     assert_eq!(runs, 1);
 }
@@ -82,7 +89,7 @@ fn outside_outputs_are_committed_recorded_by_absolute_path_and_resumed() {
 #[test]
 fn a_damaged_outside_output_reruns_the_step_and_is_replaced_whole() {
     let f = fixture();
-    let run = Run::open(&f.run_dir).unwrap();
+    let run = open(&f);
     let mut runs = 0;
     publish(&run, &f.exports, "one", &mut runs).unwrap();
     std::fs::write(f.exports.join("site/index.html"), "<h1>tampered</h1>").unwrap();
@@ -110,7 +117,7 @@ fn a_damaged_outside_output_reruns_the_step_and_is_replaced_whole() {
 #[test]
 fn bad_outside_paths_are_refused_with_the_fix() {
     let f = fixture();
-    let run = Run::open(&f.run_dir).unwrap();
+    let run = open(&f);
     let step = run.step("refusals").unwrap();
     let execution = step.begin().unwrap();
     let reason = |path: PathBuf| match execution.output_file_outside(&path) {
@@ -132,6 +139,35 @@ fn bad_outside_paths_are_refused_with_the_fix() {
 }
 
 #[test]
+fn outside_places_must_be_allowed_by_the_program() {
+    let f = fixture();
+    let run = Run::open(&f.run_dir).unwrap();
+    let mut runs = 0;
+    let err = publish(&run, &f.exports, "one", &mut runs).unwrap_err();
+    assert!(err.to_string().contains("call run.allow_outside("), "{err}");
+    assert!(staging_leftovers(&f.exports).is_empty());
+
+    // Allowed by one handle, the step runs; a handle that does not allow
+    // the place does not read there, so the marker does not count.
+    publish(&open(&f), &f.exports, "one", &mut runs).unwrap();
+    let reason = match run.step("publish").unwrap().marker().unwrap() {
+        MarkerState::Invalid(reason) => reason,
+        other => panic!("{other:?}"),
+    };
+    assert!(reason.contains("Run::allow_outside"), "{reason}");
+    // Places inside or above the run directory cannot be allowed.
+    for bad in [
+        f.run_dir.join("sub"),
+        f.run_dir.parent().unwrap().to_owned(),
+    ] {
+        assert!(matches!(
+            run.allow_outside(&bad),
+            Err(RunError::InvalidOutputPath { .. })
+        ));
+    }
+}
+
+#[test]
 fn a_failing_step_leaves_nothing_beside_its_outside_outputs() {
     #[resumable_step("fails")]
     fn fails(run: &Run, to: &Path) -> std::io::Result<()> {
@@ -140,7 +176,7 @@ fn a_failing_step_leaves_nothing_beside_its_outside_outputs() {
         Err(std::io::Error::other("the body failed"))
     }
     let f = fixture();
-    let run = Run::open(&f.run_dir).unwrap();
+    let run = open(&f);
     std::fs::write(f.exports.join("result.bin"), b"the previous result").unwrap();
     assert!(fails(&run, &f.exports).is_err());
     // The old state stays, whole; nothing staged survives.
@@ -162,7 +198,7 @@ fn a_retried_step_keeps_only_the_last_attempts_outside_output() {
         Ok(*calls)
     }
     let f = fixture();
-    let run = Run::open(&f.run_dir).unwrap();
+    let run = open(&f);
     let clock = VirtualClock::new();
     let ctx = Context::builder().virtual_time(&clock).build();
     let mut calls = 0;
@@ -194,6 +230,7 @@ fn a_crash_before_the_commit_is_swept_from_beside_the_outputs() {
     assert!(!f.exports.join("site").exists());
     assert!(!f.exports.join("data.bin").exists());
 
+    // The sweep needs no allowed place: the journal names what to remove.
     Run::open(&f.run_dir).unwrap();
     assert!(staging_leftovers(&f.exports).is_empty());
     assert!(

@@ -8,7 +8,7 @@
 //! fingerprint matches and every output in the manifest is intact.
 
 use std::io;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -182,12 +182,24 @@ pub fn hash_file(fs: &dyn FileSystem, path: &Path) -> io::Result<String> {
 }
 
 /// Checks every output in the manifest against the run directory: kind,
-/// size and hash. Returns the first mismatch, described.
-pub fn verify_outputs(fs: &dyn FileSystem, run_dir: &Path, marker: &Marker) -> Result<(), String> {
+/// size and hash. Returns the first mismatch, described. An entry is read
+/// only where an output may be: relative and inside the run directory, or
+/// absolute under one of the `outside` places the program allowed
+/// ([`Run::allow_outside`](crate::Run::allow_outside)); a marker that
+/// points anywhere else does not count.
+pub fn verify_outputs(
+    fs: &dyn FileSystem,
+    run_dir: &Path,
+    outside: &[PathBuf],
+    marker: &Marker,
+) -> Result<(), String> {
     // One path buffer for all entries, and hashes compared as stack
     // strings: checking a done step allocates nothing per output.
-    let mut path = std::path::PathBuf::with_capacity(run_dir.as_os_str().len() + 256);
+    let mut path = PathBuf::with_capacity(run_dir.as_os_str().len() + 256);
     for entry in &marker.outputs {
+        if let Err(reason) = check_place(&entry.path, outside) {
+            return Err(format!("output {:?} {reason}", entry.path));
+        }
         path.as_mut_os_string().clear();
         path.push(run_dir);
         path.push(&entry.path);
@@ -237,6 +249,32 @@ pub fn verify_outputs(fs: &dyn FileSystem, run_dir: &Path, marker: &Marker) -> R
             }
             OutputKind::Dir => {}
         }
+    }
+    Ok(())
+}
+
+/// Whether a manifest path names a place an output may be.
+fn check_place(path: &str, outside: &[PathBuf]) -> Result<(), &'static str> {
+    let p = Path::new(path);
+    if path.is_empty() || path.contains('\0') {
+        return Err("is not a path");
+    }
+    if p.components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err("has `.` or `..` components");
+    }
+    if p.is_absolute() {
+        if outside.iter().any(|place| p.starts_with(place)) {
+            return Ok(());
+        }
+        return Err(
+            "is outside the run directory and outside every place allowed \
+             (Run::allow_outside in a program, --allow-outside DIR for the recovery CLI)",
+        );
+    }
+    if p.has_root() {
+        return Err("is not relative to the run directory");
     }
     Ok(())
 }
@@ -310,6 +348,25 @@ mod tests {
         m.format = MARKER_FORMAT + 1;
         let err = decode(&encode(&m).unwrap(), Path::new("m.json")).unwrap_err();
         assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn manifest_paths_outside_the_allowed_places_are_not_read() {
+        let places = [PathBuf::from("/srv/exports")];
+        assert!(check_place("out/a.bin", &places).is_ok());
+        assert!(check_place("/srv/exports/site/index.html", &places).is_ok());
+        for bad in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "/srv/exports/../x",
+            "/srv/exportsx",
+            "",
+            "a\0b",
+        ] {
+            assert!(check_place(bad, &places).is_err(), "{bad:?}");
+        }
+        assert!(check_place("/srv/exports/a", &[]).is_err());
     }
 
     #[test]

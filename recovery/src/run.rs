@@ -27,7 +27,7 @@ use crate::fs::{
     EntryKind, FileSystem, RealFs, TEMP_PREFIX, atomic_write_with, parent_of, remove_entry,
 };
 use crate::issue::IssueRecord;
-use crate::names::check_step_name;
+use crate::names::{check_outside_path, check_step_name};
 use crate::outside;
 
 /// The `run.json` format this version writes and reads.
@@ -57,6 +57,10 @@ struct RunInner {
     /// Step name → the function that uses it, to catch two steps sharing a
     /// name.
     sites: Mutex<HashMap<String, String>>,
+    /// Directories outside the run where this program allows outputs
+    /// ([`Run::allow_outside`]); kept in the program, not the run, so a
+    /// damaged run directory cannot widen them.
+    outside: Mutex<Vec<PathBuf>>,
 }
 
 impl Run {
@@ -133,6 +137,7 @@ impl Run {
                 dir,
                 fs,
                 sites: Mutex::new(HashMap::new()),
+                outside: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -312,6 +317,43 @@ impl Run {
             }
         }
         Ok(())
+    }
+
+    /// Allows steps to place outputs under `dir`, outside the run
+    /// directory ([`Run::output_dir_outside`]), and markers to vouch for
+    /// outputs there. Allowed places belong to this handle (and its
+    /// clones), not to the run directory: a marker that names an output
+    /// anywhere else outside the run is not read, and does not count.
+    ///
+    /// # Errors
+    /// A relative path, `.` or `..` components, or a directory inside the
+    /// run directory or above it: [`RunError::InvalidOutputPath`].
+    pub fn allow_outside(&self, dir: impl AsRef<Path>) -> Result<(), RunError> {
+        let place = PathBuf::from(check_outside_path(self.dir(), dir.as_ref())?);
+        let mut places = self
+            .inner
+            .outside
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !places.contains(&place) {
+            places.push(place);
+        }
+        Ok(())
+    }
+
+    /// The places outside the run this handle allows, in the order given.
+    pub fn outside_places(&self) -> Vec<PathBuf> {
+        self.with_outside(<[PathBuf]>::to_vec)
+    }
+
+    /// Runs `f` with the places outside the run this handle allows.
+    pub(crate) fn with_outside<R>(&self, f: impl FnOnce(&[PathBuf]) -> R) -> R {
+        let places = self
+            .inner
+            .outside
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&places)
     }
 
     /// The run directory, absolute.

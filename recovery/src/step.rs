@@ -109,10 +109,11 @@ impl Run {
     }
 
     /// Declares a directory output outside the run directory, at the
-    /// absolute `path`, and creates it in staging beside that path (a
-    /// rename is atomic only within one file system). Its directory must
-    /// exist. When the step succeeds it replaces whatever is at `path`;
-    /// the marker records it by its absolute path.
+    /// absolute `path` under a place allowed with [`Run::allow_outside`],
+    /// and creates it in staging beside that path (a rename is atomic only
+    /// within one file system). Its directory must exist. When the step
+    /// succeeds it replaces whatever is at `path`; the marker records it
+    /// by its absolute path.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -129,6 +130,7 @@ impl Run {
     /// }
     ///
     /// let run = Run::open(&run_dir)?;
+    /// run.allow_outside(&exports)?;
     /// export(&run, &exports)?;
     /// assert!(exports.join("site/index.html").is_file());
     /// # Ok(())
@@ -137,9 +139,9 @@ impl Run {
     ///
     /// # Errors
     /// A relative path, `.` or `..` components, a path inside the run
-    /// directory (use [`output_dir`](Self::output_dir)) or above it, or a
-    /// directory that does not exist: [`RunError::InvalidOutputPath`],
-    /// saying which.
+    /// directory (use [`output_dir`](Self::output_dir)) or above it, a path
+    /// in no allowed place, or a directory that does not exist:
+    /// [`RunError::InvalidOutputPath`], saying which.
     pub fn output_dir_outside(&self, path: impl AsRef<Path>) -> Result<StagedOutput, RunError> {
         self.active()?.stage_outside(path.as_ref(), true)
     }
@@ -213,10 +215,15 @@ impl StepState {
                 "the marker belongs to step {:?}",
                 m.step
             ))),
-            MarkerState::Valid(m) => match marker::verify_outputs(fs, self.run.dir(), &m) {
-                Ok(()) => Ok(MarkerState::Valid(m)),
-                Err(reason) => Ok(MarkerState::Invalid(reason)),
-            },
+            MarkerState::Valid(m) => {
+                let verified = self
+                    .run
+                    .with_outside(|places| marker::verify_outputs(fs, self.run.dir(), places, &m));
+                match verified {
+                    Ok(()) => Ok(MarkerState::Valid(m)),
+                    Err(reason) => Ok(MarkerState::Invalid(reason)),
+                }
+            }
             other => Ok(other),
         }
     }
@@ -348,6 +355,19 @@ impl Active {
     fn stage_outside(&self, path: &Path, dir: bool) -> Result<StagedOutput, RunError> {
         let rel = check_outside_path(self.run.dir(), path)?;
         let final_path = PathBuf::from(&rel);
+        let allowed = self
+            .run
+            .with_outside(|places| places.iter().any(|p| final_path.starts_with(p)));
+        if !allowed {
+            return Err(RunError::InvalidOutputPath {
+                reason: format!(
+                    "it is outside the run directory, in no place this program allows; \
+                     call run.allow_outside({:?}) first",
+                    parent_of(&final_path)
+                ),
+                path: rel,
+            });
+        }
         self.declare(rel, final_path, true, dir)
     }
 

@@ -88,6 +88,45 @@ fn verify_rehashes_every_output() {
     );
 }
 
+#[resumable_step("export")]
+fn export(run: &Run, to: &Path) -> std::io::Result<()> {
+    let out = run.output_file_outside(to.join("export.txt"))?;
+    std::fs::write(out.path(), b"exported")
+}
+
+#[test]
+fn outputs_outside_the_run_are_verified_only_where_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, exports) = (tmp.path().join("run"), tmp.path().join("exports"));
+    std::fs::create_dir(&exports).unwrap();
+    let run = Run::open(&dir).unwrap();
+    run.allow_outside(&exports).unwrap();
+    export(&run, &exports).unwrap();
+    let allow = exports.to_str().unwrap();
+
+    let o = cli(&["verify", "--allow-outside", allow], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("1 outputs of 1 steps checked, 0 problems"));
+    let o = cli(&["status", "--allow-outside", allow], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    // Without the place: reported, not read.
+    let o = cli(&["verify"], &dir);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("--allow-outside DIR"), "{}", stdout(&o));
+    // A place inside the run directory is a usage error.
+    let inside = dir.join("x");
+    let o = cli(
+        &["status", "--allow-outside", inside.to_str().unwrap()],
+        &dir,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("inside the run directory"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn events_filter_by_type_and_step_and_speak_json() {
     let tmp = sample();

@@ -130,7 +130,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "slow-write" => println!("{}", slow_write(&run, Path::new(extra))?),
         "once" => println!("{}", once(&run, Path::new(extra))?),
         "chain" => println!("{}", chain(&run, Path::new(extra))?),
-        "crash-outside" => println!("{}", crash_outside(&run, Path::new(extra))?),
+        "crash-outside" => {
+            run.allow_outside(extra)?;
+            println!("{}", crash_outside(&run, Path::new(extra))?)
+        }
         other => return Err(format!("unknown mode {other:?}").into()),
     }
     Ok(())

@@ -1,10 +1,14 @@
 //! `recovery`: inspect and repair run directories.
 //!
-//!     recovery status RUN_DIR             each step: done or not, when, outputs verified
+//!     recovery status RUN_DIR [--allow-outside DIR]...   each step: done or not, when, outputs verified
 //!     recovery events RUN_DIR [--type T] [--step S] [--json]
 //!     recovery issues RUN_DIR [--json]
 //!     recovery reset RUN_DIR STEP         invalidate one step (atomically)
-//!     recovery verify RUN_DIR             re-hash every recorded output
+//!     recovery verify RUN_DIR [--allow-outside DIR]...   re-hash every recorded output
+//!
+//! Outputs that steps placed outside the run directory are read only under
+//! the places named with `--allow-outside`, as the program that ran the
+//! steps allowed them (`Run::allow_outside`); elsewhere they are reported.
 //!
 //! Exit status: 0 when all is well, 1 when something in the run is invalid
 //! (`status`, `verify`), 2 on a usage error or a directory that is not a run.
@@ -34,6 +38,9 @@ enum Command {
     Status {
         /// The run directory.
         run_dir: PathBuf,
+        /// A directory outside the run where steps placed outputs (repeatable).
+        #[arg(long, value_name = "DIR")]
+        allow_outside: Vec<PathBuf>,
     },
     /// The event log, oldest first.
     Events {
@@ -68,6 +75,9 @@ enum Command {
     Verify {
         /// The run directory.
         run_dir: PathBuf,
+        /// A directory outside the run where steps placed outputs (repeatable).
+        #[arg(long, value_name = "DIR")]
+        allow_outside: Vec<PathBuf>,
     },
 }
 
@@ -91,7 +101,10 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode, RunError> {
     match command {
-        Command::Status { run_dir } => status(&Run::open_existing(run_dir)?),
+        Command::Status {
+            run_dir,
+            allow_outside,
+        } => status(&open_allowing(run_dir, &allow_outside)?),
         Command::Events {
             run_dir,
             kind,
@@ -144,8 +157,20 @@ fn run(command: Command) -> Result<ExitCode, RunError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { run_dir } => verify(&Run::open_existing(run_dir)?),
+        Command::Verify {
+            run_dir,
+            allow_outside,
+        } => verify(&open_allowing(run_dir, &allow_outside)?),
     }
+}
+
+/// Opens an existing run, allowing the places outside it that were named.
+fn open_allowing(run_dir: PathBuf, places: &[PathBuf]) -> Result<Run, RunError> {
+    let run = Run::open_existing(run_dir)?;
+    for place in places {
+        run.allow_outside(place)?;
+    }
+    Ok(run)
 }
 
 fn status(run: &Run) -> Result<ExitCode, RunError> {
@@ -187,6 +212,7 @@ fn status(run: &Run) -> Result<ExitCode, RunError> {
 }
 
 fn verify(run: &Run) -> Result<ExitCode, RunError> {
+    let places = run.outside_places();
     let (mut steps, mut outputs, mut bad) = (0, 0, 0);
     for name in run.steps()? {
         let path = run.marker_path(&name);
@@ -194,7 +220,7 @@ fn verify(run: &Run) -> Result<ExitCode, RunError> {
             Ok(MarkerState::Valid(m)) => {
                 steps += 1;
                 outputs += m.outputs.len();
-                if let Err(reason) = verify_outputs(&recovery::fs::RealFs, run.dir(), &m) {
+                if let Err(reason) = verify_outputs(&recovery::fs::RealFs, run.dir(), &places, &m) {
                     bad += 1;
                     println!("MISMATCH {name}: {reason}");
                 }
