@@ -1,12 +1,13 @@
 //! The resume check of a done step (marker read, checksum, fingerprint,
 //! every output's size and BLAKE3) against the bare cost of hashing the
-//! same bytes with the same hash.
+//! same bytes with the same hash; and the opt-in size-and-mtime check
+//! against a bare stat of each file.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use recovery::marker::MarkerState;
+use recovery::marker::{MarkerState, Verify};
 use recovery::{Fingerprint, Run};
 
 /// A done step with `n` outputs of `size` bytes.
@@ -20,7 +21,9 @@ fn done_step(dir: &Path, n: usize, size: usize) -> (Run, Fingerprint, Vec<PathBu
         std::fs::write(out.path(), data).unwrap();
     }
     let fp = Fingerprint::of("bench", &(n, size), 1).unwrap();
-    exec.commit(&fp, 1, "bench", &n).unwrap();
+    // Modification times recorded, so both checks can run on one marker.
+    exec.commit_with(&fp, 1, "bench", &n, Verify::SizeMtime)
+        .unwrap();
     let paths = (0..n)
         .map(|i| run.dir().join(format!("out/{i:05}.bin")))
         .collect();
@@ -35,6 +38,13 @@ fn bare_hash(paths: &[PathBuf]) -> u8 {
         acc ^= h.finalize().as_bytes()[0];
     }
     acc
+}
+
+fn bare_stat(paths: &[PathBuf]) -> u64 {
+    paths
+        .iter()
+        .map(|p| std::fs::symlink_metadata(p).unwrap().len())
+        .sum()
 }
 
 fn bench(c: &mut Criterion) {
@@ -57,6 +67,15 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::from_parameter("recovery"), |b| {
             b.iter(|| assert!(matches!(step.check(&fp).unwrap(), MarkerState::Valid(_))))
+        });
+        g.bench_function(BenchmarkId::from_parameter("bare_stat"), |b| {
+            b.iter(|| bare_stat(&paths))
+        });
+        g.bench_function(BenchmarkId::from_parameter("recovery_size_mtime"), |b| {
+            b.iter(|| {
+                let state = step.check_with(&fp, Verify::SizeMtime).unwrap();
+                assert!(matches!(state, MarkerState::Valid(_)))
+            })
         });
         g.finish();
     }

@@ -141,7 +141,8 @@ fn check_crash_state(
     // The durable marker, if it holds, must vouch for intact outputs.
     if fs.stat(root).is_ok()
         && let Ok(MarkerState::Valid(m)) = marker::read(&*fs, &marker_path)
-        && let Err(reason) = marker::verify_outputs(&*fs, root, &[exports(root)], &m)
+        && let Err(reason) =
+            marker::verify_outputs(&*fs, root, &[exports(root)], &m, marker::Verify::Hash)
     {
         violations.push(format!("a valid marker with a broken output: {reason}"));
     }

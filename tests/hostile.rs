@@ -102,6 +102,7 @@ fn a_marker_pointing_outside_the_run_is_not_read() {
             kind: marker::OutputKind::File,
             size: 13,
             blake3: Some(hash.clone()),
+            mtime_ns: None,
         });
         std::fs::write(marker_path(&run), marker::encode(&m).unwrap()).unwrap();
         let reason = match run.step("victim").unwrap().marker().unwrap() {
@@ -324,6 +325,7 @@ fn sample_marker() -> marker::Marker {
             kind: marker::OutputKind::File,
             size: 10,
             blake3: Some("cd".into()),
+            mtime_ns: None,
         }],
         completed_at_ms: 5,
     }

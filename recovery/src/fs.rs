@@ -38,6 +38,9 @@ pub struct Stat {
     pub kind: EntryKind,
     /// The size in bytes (of the link itself for a symlink).
     pub len: u64,
+    /// The modification time, in nanoseconds since the Unix epoch, where
+    /// the file system keeps one (`None` otherwise).
+    pub mtime_ns: Option<u64>,
 }
 
 /// The durable file operations of a run directory. Every method works on
@@ -146,9 +149,15 @@ impl FileSystem for RealFs {
         } else {
             EntryKind::Other
         };
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| u64::try_from(d.as_nanos()).ok());
         Ok(Stat {
             kind,
             len: meta.len(),
+            mtime_ns,
         })
     }
 

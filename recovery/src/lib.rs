@@ -155,6 +155,7 @@ pub use recovery_macros::retryable;
 /// | `key` | a serialisable value fingerprinted into the marker; a different key reruns the step | `()` |
 /// | `version` | integer; bump it to rerun the step after its code changed | `1` |
 /// | `run` | where the [`Run`] comes from, when no parameter has type `&Run` | the `&Run` parameter |
+/// | `verify` | how outputs are checked before resuming: `"hash"` (every file re-hashed) or `"size_mtime"` (a file with its recorded size and modification time is trusted unread; see [`marker::Verify`]) | `"hash"` |
 /// | `crate` | path to `recovery` if renamed | `"recovery"` |
 ///
 /// # What it does
@@ -182,6 +183,7 @@ pub mod __private {
     pub use crate::backoff::{Backoff, Jitter};
     pub use crate::budget::RetryBudget;
     pub use crate::classify::{Decision, IntoDecision};
+    pub use crate::marker::Verify;
     pub use crate::policy::RetryPolicy;
     pub use crate::retry::Retrier;
     pub use crate::run::Run;

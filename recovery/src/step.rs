@@ -33,7 +33,7 @@ use crate::error::RunError;
 use crate::event::Event;
 use crate::fs::{EntryKind, FileSystem, atomic_write_with, parent_of, remove_entry};
 use crate::issue::{IssueCode, IssueRecord, Severity};
-use crate::marker::{self, MARKER_FORMAT, Marker, MarkerState, OutputEntry, OutputKind};
+use crate::marker::{self, MARKER_FORMAT, Marker, MarkerState, OutputEntry, OutputKind, Verify};
 use crate::names::{check_output_path, check_outside_path, check_step_name};
 use crate::outside;
 use crate::run::Run;
@@ -47,6 +47,9 @@ pub struct StepDef {
     pub version: u32,
     /// Where it is defined (`module::path::function`).
     pub site: &'static str,
+    /// How its outputs are checked before it is resumed
+    /// (`verify = "size_mtime"`; hashing by default).
+    pub verify: Verify,
 }
 
 /// The BLAKE3 of a step's key and version: a different key or version
@@ -206,9 +209,13 @@ impl StepState {
         &self.name
     }
 
-    /// The marker as it is on disk, its outputs verified, the fingerprint
-    /// not compared (what `recovery status` shows).
+    /// The marker as it is on disk, its outputs verified (hashed), the
+    /// fingerprint not compared (what `recovery status` shows).
     pub fn marker(&self) -> Result<MarkerState, RunError> {
+        self.marker_with(Verify::Hash)
+    }
+
+    fn marker_with(&self, mode: Verify) -> Result<MarkerState, RunError> {
         let fs = self.run.fs();
         match marker::read(fs, &self.run.marker_path(&self.name))? {
             MarkerState::Valid(m) if m.step != self.name => Ok(MarkerState::Invalid(format!(
@@ -216,9 +223,9 @@ impl StepState {
                 m.step
             ))),
             MarkerState::Valid(m) => {
-                let verified = self
-                    .run
-                    .with_outside(|places| marker::verify_outputs(fs, self.run.dir(), places, &m));
+                let verified = self.run.with_outside(|places| {
+                    marker::verify_outputs(fs, self.run.dir(), places, &m, mode)
+                });
                 match verified {
                     Ok(()) => Ok(MarkerState::Valid(m)),
                     Err(reason) => Ok(MarkerState::Invalid(reason)),
@@ -232,7 +239,16 @@ impl StepState {
     /// its checksum holds, the fingerprint matches and every output is
     /// intact.
     pub fn check(&self, fingerprint: &Fingerprint) -> Result<MarkerState, RunError> {
-        Ok(match self.marker()? {
+        self.check_with(fingerprint, Verify::Hash)
+    }
+
+    /// [`check`](Self::check), with the outputs checked as `mode` says.
+    pub fn check_with(
+        &self,
+        fingerprint: &Fingerprint,
+        mode: Verify,
+    ) -> Result<MarkerState, RunError> {
+        Ok(match self.marker_with(mode)? {
             MarkerState::Valid(m) if m.fingerprint != fingerprint.as_str() => {
                 MarkerState::Invalid("the step's key or version changed".into())
             }
@@ -538,6 +554,20 @@ impl StepExecution {
         site: &str,
         value: &T,
     ) -> Result<Marker, RunError> {
+        self.commit_with(fingerprint, version, site, value, Verify::Hash)
+    }
+
+    /// [`commit`](Self::commit); with [`Verify::SizeMtime`] the manifest
+    /// also records each file's modification time, so that
+    /// [`StepState::check_with`] can trust an unchanged file unread.
+    pub fn commit_with<T: Serialize + ?Sized>(
+        self,
+        fingerprint: &Fingerprint,
+        version: u32,
+        site: &str,
+        value: &T,
+        mode: Verify,
+    ) -> Result<Marker, RunError> {
         let run = &self.active.run;
         let fs = run.fs();
         let step = &self.active.step;
@@ -567,7 +597,7 @@ impl StepExecution {
                 Err(e) => return Err(RunError::io("inspect", &o.staging, e)),
                 Ok(_) => {}
             }
-            record(fs, &o.staging, &o.rel, &mut manifest)?;
+            record(fs, &o.staging, &o.rel, mode, &mut manifest)?;
         }
         if !outputs.is_empty() {
             // The staged entries, and this step's staging directory itself,
@@ -693,6 +723,7 @@ fn record(
     fs: &dyn FileSystem,
     path: &Path,
     rel: &str,
+    mode: Verify,
     manifest: &mut Vec<OutputEntry>,
 ) -> Result<(), RunError> {
     let stat = fs
@@ -708,6 +739,7 @@ fn record(
                 kind: OutputKind::File,
                 size: stat.len,
                 blake3: Some(hash),
+                mtime_ns: stat.mtime_ns.filter(|_| mode == Verify::SizeMtime),
             });
         }
         EntryKind::Dir => {
@@ -716,12 +748,19 @@ fn record(
                 kind: OutputKind::Dir,
                 size: 0,
                 blake3: None,
+                mtime_ns: None,
             });
             let names = fs
                 .read_dir(path)
                 .map_err(|e| RunError::io("list", path, e))?;
             for name in names {
-                record(fs, &path.join(&name), &format!("{rel}/{name}"), manifest)?;
+                record(
+                    fs,
+                    &path.join(&name),
+                    &format!("{rel}/{name}"),
+                    mode,
+                    manifest,
+                )?;
             }
             fs.sync_dir(path)
                 .map_err(|e| RunError::io("fsync directory", path, e))?;
@@ -739,6 +778,7 @@ fn record(
                         .to_hex()
                         .to_string(),
                 ),
+                mtime_ns: None,
             });
         }
         EntryKind::Other => {
@@ -802,7 +842,7 @@ fn prepare<T: DeserializeOwned>(
     run.register(def.name, def.site)?;
     let state = run.step(def.name)?;
     let check = |state: &StepState| -> Result<Result<T, Option<String>>, RunError> {
-        Ok(match state.check(fingerprint)? {
+        Ok(match state.check_with(fingerprint, def.verify)? {
             MarkerState::Valid(m) => serde_json::from_value(m.value).map_err(|e| {
                 Some(format!(
                     "the recorded value no longer reads as the step's type ({e})"
@@ -845,19 +885,21 @@ fn finish<R: StepResult>(
     ctx: &Context,
 ) -> R {
     let result = match outcome.into_result() {
-        Ok(value) => match execution.commit(fingerprint, def.version, def.site, &value) {
-            Ok(marker) => {
-                ctx.emit(&Event::StepCompleted {
-                    step: def.name.to_owned(),
-                    outputs: marker.outputs.len() as u32,
-                });
-                return R::from_result(Ok(value));
+        Ok(value) => {
+            match execution.commit_with(fingerprint, def.version, def.site, &value, def.verify) {
+                Ok(marker) => {
+                    ctx.emit(&Event::StepCompleted {
+                        step: def.name.to_owned(),
+                        outputs: marker.outputs.len() as u32,
+                    });
+                    return R::from_result(Ok(value));
+                }
+                Err(e) => {
+                    report_failure(ctx, def, &e);
+                    <R::Error as From<RunError>>::from(e)
+                }
             }
-            Err(e) => {
-                report_failure(ctx, def, &e);
-                <R::Error as From<RunError>>::from(e)
-            }
-        },
+        }
         Err(e) => {
             drop(execution);
             report_failure(ctx, def, &e);

@@ -1,4 +1,4 @@
-//! `#[resumable_step("name", key = ..., version = N, run = ..., crate = "...")]`.
+//! `#[resumable_step("name", key = ..., version = N, run = ..., verify = "...", crate = "...")]`.
 
 use proc_macro2::Span;
 use syn::parse::{ParseStream, Parser};
@@ -9,13 +9,21 @@ use crate::errors::Errors;
 use crate::meta::{RawArg, admit_key, crate_path, parse_list};
 use crate::value::{is_negative_literal, literal};
 
-const KEYS: &[&str] = &["key", "version", "run", "crate"];
+const KEYS: &[&str] = &["key", "version", "run", "verify", "crate"];
+
+/// How a done step's outputs are checked: `recovery::marker::Verify`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyMode {
+    Hash,
+    SizeMtime,
+}
 
 pub struct StepArgs {
     pub name: Option<(String, Span)>,
     pub key: Option<Expr>,
     pub version: u32,
     pub run: Option<Expr>,
+    pub verify: VerifyMode,
     pub krate: Option<syn::Path>,
 }
 
@@ -42,6 +50,7 @@ impl StepArgs {
             key: None,
             version: 1,
             run: None,
+            verify: VerifyMode::Hash,
             krate: None,
         };
         let (name, raw) = match parse_all.parse2(attr) {
@@ -73,6 +82,7 @@ impl StepArgs {
                     "key" => "`key = (url, rev)`",
                     "version" => "`version = 2`",
                     "run" => "`run = self.run`",
+                    "verify" => "`verify = \"size_mtime\"`",
                     _ => "`crate = \"::my_recovery\"`",
                 };
                 errors.at(key.span(), format!("`{k}` needs a value, e.g. {example}"));
@@ -83,6 +93,10 @@ impl StepArgs {
                 "run" => args.run = Some(value),
                 "version" => match version(&value) {
                     Ok(v) => args.version = v,
+                    Err(e) => errors.push(e),
+                },
+                "verify" => match verify(&value) {
+                    Ok(v) => args.verify = v,
                     Err(e) => errors.push(e),
                 },
                 _ => match crate_path(&value) {
@@ -105,6 +119,48 @@ fn version(value: &Expr) -> syn::Result<u32> {
             .base10_parse()
             .map_err(|_| syn::Error::new(value.span(), message)),
         _ => Err(syn::Error::new_spanned(value, message)),
+    }
+}
+
+fn verify(value: &Expr) -> syn::Result<VerifyMode> {
+    let message = "verify expects \"hash\" (the default: every output is hashed again before \
+                   the step resumes) or \"size_mtime\" (an output with its recorded size and \
+                   modification time is trusted without reading it)";
+    match literal(value) {
+        Some(Lit::Str(s)) => match s.value().as_str() {
+            "hash" => Ok(VerifyMode::Hash),
+            "size_mtime" => Ok(VerifyMode::SizeMtime),
+            other => {
+                let hint = match other
+                    .to_ascii_lowercase()
+                    .replace(['-', ' ', '+'], "_")
+                    .as_str()
+                {
+                    "size_mtime" | "mtime_size" | "mtime" | "size_and_mtime" => {
+                        "; did you mean \"size_mtime\"?"
+                    }
+                    "blake3" | "hashed" | "full" | "content" => "; did you mean \"hash\"?",
+                    _ => "",
+                };
+                Err(syn::Error::new(
+                    s.span(),
+                    format!("unknown verify mode {other:?}: {message}{hint}"),
+                ))
+            }
+        },
+        _ => {
+            let quoted = match value {
+                Expr::Path(p) => p
+                    .path
+                    .get_ident()
+                    .map(|i| format!("; write it as a string: `verify = \"{i}\"`")),
+                _ => None,
+            };
+            Err(syn::Error::new_spanned(
+                value,
+                format!("{message}{}", quoted.unwrap_or_default()),
+            ))
+        }
     }
 }
 

@@ -143,6 +143,10 @@ fn generate(
         Err(e) => return e.to_compile_error(),
     };
     let version = args.version;
+    let verify = match args.verify {
+        args::VerifyMode::Hash => quote!(#p::Verify::Hash),
+        args::VerifyMode::SizeMtime => quote!(#p::Verify::SizeMtime),
+    };
     let key = match &args.key {
         Some(Expr::Tuple(t)) => t.to_token_stream(),
         Some(expr) => quote!((#expr)),
@@ -172,6 +176,7 @@ fn generate(
             name: #name,
             version: #version,
             site: ::core::concat!(::core::module_path!(), "::", #fn_name),
+            verify: #verify,
         };
         // An owned handle, so the body may borrow what the Run came from.
         let __recovery_step_run: #p::Run = #p::Clone::clone(#p::borrow_run(&(#run)));

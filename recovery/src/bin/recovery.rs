@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use recovery::marker::{MarkerState, verify_outputs};
+use recovery::marker::{MarkerState, Verify, verify_outputs};
 use recovery::{Event, IssueRecord, Run, RunError};
 
 #[derive(Parser)]
@@ -220,7 +220,9 @@ fn verify(run: &Run) -> Result<ExitCode, RunError> {
             Ok(MarkerState::Valid(m)) => {
                 steps += 1;
                 outputs += m.outputs.len();
-                if let Err(reason) = verify_outputs(&recovery::fs::RealFs, run.dir(), &places, &m) {
+                if let Err(reason) =
+                    verify_outputs(&recovery::fs::RealFs, run.dir(), &places, &m, Verify::Hash)
+                {
                     bad += 1;
                     println!("MISMATCH {name}: {reason}");
                 }

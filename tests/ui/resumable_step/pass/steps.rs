@@ -43,7 +43,7 @@ fn plain(run: &Run) -> std::io::Result<u32> {
     Ok(7)
 }
 
-#[resumable_step("by-value", key = name.clone(), version = 3)]
+#[resumable_step("by-value", key = name.clone(), version = 3, verify = "size_mtime")]
 fn by_value(run: &recovery::Run, name: String) -> std::io::Result<String> {
     let _ = run;
     Ok(name)
