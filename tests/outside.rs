@@ -224,7 +224,7 @@ fn a_crash_before_the_commit_is_swept_from_beside_the_outputs() {
         .arg(&f.exports)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "the child was meant to abort");
+    assert!(!out.status.success(), "the child was meant to be killed");
     // What it staged is there, under recovery's names, and nothing final.
     assert_eq!(staging_leftovers(&f.exports).len(), 2);
     assert!(!f.exports.join("site").exists());

@@ -4,7 +4,7 @@
 //!     step-child once RUN_DIR SIDE_EFFECT_FILE     a step that appends one line, then sleeps
 //!     step-child chain RUN_DIR SIDE_EFFECT_FILE    five chained steps with file and directory
 //!                                                  outputs (`-` for no side-effect file)
-//!     step-child crash-outside RUN_DIR EXPORT_DIR   stage outputs in EXPORT_DIR, then abort
+//!     step-child crash-outside RUN_DIR EXPORT_DIR   stage outputs in EXPORT_DIR, then SIGKILL itself
 //!
 //! Prints the step's value on success.
 
@@ -109,15 +109,19 @@ fn chain(run: &Run, s: &Path) -> std::io::Result<u64> {
     link5(run, v, s)
 }
 
-/// Stages a directory and a file outside the run, then dies before the
-/// commit, as a crash would: no destructor runs.
+/// Stages a directory and a file outside the run, then is killed before
+/// the commit: no destructor runs.
 #[resumable_step("export")]
 fn crash_outside(run: &Run, exports: &Path) -> std::io::Result<u64> {
     let dir = run.output_dir_outside(exports.join("site"))?;
     std::fs::write(dir.path().join("index.html"), b"<h1>half</h1>")?;
     let file = run.output_file_outside(exports.join("data.bin"))?;
     std::fs::write(file.path(), content(1, 10_000))?;
-    std::process::abort();
+    // SIGKILL to itself: no destructor, no core file.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &std::process::id().to_string()])
+        .status();
+    std::process::exit(137)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
