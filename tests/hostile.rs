@@ -117,6 +117,33 @@ fn a_marker_pointing_outside_the_run_is_not_read() {
     }
 }
 
+/// A planted journal in a leftover staging directory lists files outside
+/// the run: the sweep removes the directory, and nothing it did not name
+/// itself for that step execution.
+#[test]
+fn a_hostile_outside_journal_removes_nothing_of_anyone_else() {
+    let (tmp, run) = done_run();
+    let leftover = run.dir().join("staging/victim@1.0");
+    std::fs::create_dir(&leftover).unwrap();
+    let precious = tmp.path().join("precious.txt");
+    let lookalike = tmp.path().join(".recovery-staging-other@1.0-o0");
+    for file in [&precious, &lookalike] {
+        std::fs::write(file, b"keep me").unwrap();
+    }
+    std::fs::write(
+        leftover.join("outside"),
+        format!("{}\n{}\n/\n..\n", precious.display(), lookalike.display()),
+    )
+    .unwrap();
+    drop(run);
+    Run::open(tmp.path().join("run")).unwrap();
+    assert!(!leftover.exists(), "the leftover is swept");
+    for file in [&precious, &lookalike] {
+        assert_eq!(std::fs::read(file).unwrap(), b"keep me");
+    }
+    tried();
+}
+
 #[test]
 fn a_marker_of_another_format() {
     let (_tmp, run) = done_run();

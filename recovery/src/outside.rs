@@ -54,22 +54,28 @@ pub(crate) fn write_journal<'a>(
         .map_err(|e| context("fsync directory", area, e))
 }
 
-/// What a crashed step's journal lists: only absolute paths whose names
-/// carry the staging prefix, so a damaged journal cannot make the sweep
-/// remove anything else.
+/// What a crashed step's journal lists: only absolute paths named as
+/// [`staging_paths`] names them for this very step execution, so a damaged
+/// or hostile journal cannot make the sweep remove anything recovery did
+/// not create.
 pub(crate) fn leftovers(fs: &dyn FileSystem, step_staging: &Path) -> Vec<PathBuf> {
+    let Some(step) = step_staging.file_name().and_then(|n| n.to_str()) else {
+        return Vec::new();
+    };
     let Ok(bytes) = fs.read(&step_staging.join(JOURNAL), JOURNAL_LIMIT) else {
         return Vec::new();
+    };
+    let ours = |name: &str| {
+        name.strip_prefix(OUTSIDE_STAGING_PREFIX)
+            .and_then(|rest| rest.strip_prefix(step))
+            .and_then(|rest| rest.strip_prefix(['-']))
+            .and_then(|rest| rest.strip_prefix(['o', 't']))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     };
     String::from_utf8_lossy(&bytes)
         .lines()
         .map(PathBuf::from)
-        .filter(|p| {
-            p.is_absolute()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(OUTSIDE_STAGING_PREFIX))
-        })
+        .filter(|p| p.is_absolute() && p.file_name().and_then(|n| n.to_str()).is_some_and(ours))
         .collect()
 }
 
@@ -100,7 +106,8 @@ mod tests {
         std::fs::write(
             step.join(JOURNAL),
             "/srv/.recovery-staging-s@1.0-o0\n/etc/passwd\nrelative/.recovery-staging-x\n\
-             /srv/.recovery-staging-s@1.0-t0\n\u{0}garbage",
+             /srv/.recovery-staging-s@1.0-t0\n\u{0}garbage\n/srv/.recovery-staging-other@2.0-o0\n\
+             /srv/.recovery-staging-s@1.0-o0x\n/srv/.recovery-staging-s@1.0-\n",
         )
         .unwrap();
         assert_eq!(
