@@ -155,6 +155,14 @@ fn outside_places_must_be_allowed_by_the_program() {
         other => panic!("{other:?}"),
     };
     assert!(reason.contains("Run::allow_outside"), "{reason}");
+    // An allowed place holds outputs; it is not one (the staging would
+    // sit outside it).
+    let err = {
+        let step = open(&f).step("at-the-place").unwrap();
+        let exec = step.begin().unwrap();
+        exec.output_dir_outside(&f.exports).unwrap_err()
+    };
+    assert!(err.to_string().contains("allow_outside"), "{err}");
     // Places inside or above the run directory cannot be allowed.
     for bad in [
         f.run_dir.join("sub"),

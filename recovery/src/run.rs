@@ -319,7 +319,8 @@ impl Run {
         Ok(())
     }
 
-    /// Allows steps to place outputs under `dir`, outside the run
+    /// Allows steps to place outputs inside `dir` (not at `dir` itself:
+    /// each output is staged beside its final path), outside the run
     /// directory ([`Run::output_dir_outside`]), and markers to vouch for
     /// outputs there. Allowed places belong to this handle (and its
     /// clones), not to the run directory: a marker that names an output

@@ -373,7 +373,12 @@ impl Active {
         let final_path = PathBuf::from(&rel);
         let allowed = self
             .run
-            .with_outside(|places| places.iter().any(|p| final_path.starts_with(p)));
+            // Strictly inside: its staging sits beside it, in the place too.
+            .with_outside(|places| {
+                places
+                    .iter()
+                    .any(|p| final_path.starts_with(p) && final_path != *p)
+            });
         if !allowed {
             return Err(RunError::InvalidOutputPath {
                 reason: format!(
