@@ -362,6 +362,103 @@ fn a_step_that_fails_writes_no_marker_and_records_an_issue() {
     assert_eq!(recorder.events().len(), 3);
 }
 
+/// A step whose failed attempts declare an output the successful one does
+/// not: a partial file that must never be committed.
+#[resumable_step("partial-build")]
+#[retryable(max_attempts = 3, base = "10ms")]
+fn partial_build(run: &Run, calls: &mut u32) -> std::io::Result<u32> {
+    *calls += 1;
+    if *calls == 1 {
+        run.write_output("partial.txt", b"half of it")?;
+        let dir = run.output_dir("half-dir")?;
+        std::fs::write(dir.path().join("x"), b"x")?;
+        return Err(std::io::ErrorKind::ConnectionReset.into());
+    }
+    run.write_output("whole.txt", b"all of it")?;
+    Ok(*calls)
+}
+
+#[test]
+fn a_failed_attempts_outputs_are_never_committed() {
+    let f = fixture();
+    let run = Run::open(&f.dir).unwrap();
+    let clock = VirtualClock::new();
+    let ctx = Context::builder().virtual_time(&clock).build();
+    let mut calls = 0;
+    assert_eq!(ctx.in_scope(|| partial_build(&run, &mut calls)).unwrap(), 2);
+    assert!(
+        !f.dir.join("partial.txt").exists(),
+        "a partial output was committed"
+    );
+    assert!(
+        !f.dir.join("half-dir").exists(),
+        "a partial output was committed"
+    );
+    assert_eq!(
+        std::fs::read(f.dir.join("whole.txt")).unwrap(),
+        b"all of it"
+    );
+    let marker = std::fs::read_to_string(f.dir.join("state/steps/partial-build.json")).unwrap();
+    assert!(marker.contains("whole.txt"), "{marker}");
+    assert!(!marker.contains("partial.txt"), "{marker}");
+    assert!(!marker.contains("half-dir"), "{marker}");
+    // Nothing of the failed attempt is left in staging either.
+    assert_eq!(std::fs::read_dir(f.dir.join("staging")).unwrap().count(), 0);
+}
+
+#[test]
+fn step_failed_carries_the_attempts_and_sleep_of_its_retries() {
+    let f = fixture();
+    let run = Run::open(&f.dir).unwrap();
+    let clock = VirtualClock::new();
+    let ctx = Context::builder().virtual_time(&clock).build();
+    let mut calls = 0;
+    assert!(ctx.in_scope(|| flaky_build(&run, 10, &mut calls)).is_err());
+    let issues = run.issues().unwrap().records;
+    assert_eq!(issues.len(), 2);
+    let (gave_up, failed) = (&issues[0], &issues[1]);
+    assert_eq!(gave_up.error_code, IssueCode::MaxRetriesExceeded);
+    assert_eq!(failed.error_code, IssueCode::StepFailed);
+    assert_eq!(failed.attempts, 4);
+    assert_eq!(failed.attempts, gave_up.attempts);
+    // 10 + 20 + 40 ms between four attempts.
+    assert_eq!(failed.slept_ns, 70_000_000);
+    assert_eq!(failed.slept_ns, gave_up.slept_ns);
+}
+
+/// The async form: the first attempt stages an output, then fails.
+#[resumable_step("partial-async")]
+#[retryable(max_attempts = 2, base = "1ms")]
+async fn partial_async(run: &Run, calls: Arc<Mutex<u32>>) -> std::io::Result<u32> {
+    let n = {
+        let mut c = calls.lock().unwrap();
+        *c += 1;
+        *c
+    };
+    if n == 1 {
+        run.write_output("partial.txt", b"half")?;
+        return Err(std::io::ErrorKind::ConnectionReset.into());
+    }
+    Ok(n)
+}
+
+#[tokio::test]
+async fn a_failed_async_attempts_outputs_are_never_committed() {
+    let f = fixture();
+    let run = Run::open(&f.dir).unwrap();
+    let ctx = Context::builder()
+        .virtual_time(&VirtualClock::new())
+        .build();
+    let calls = Arc::new(Mutex::new(0));
+    assert_eq!(
+        partial_async(&run, calls).with_context(ctx).await.unwrap(),
+        2
+    );
+    assert!(!f.dir.join("partial.txt").exists());
+    let marker = std::fs::read_to_string(f.dir.join("state/steps/partial-async.json")).unwrap();
+    assert!(!marker.contains("partial.txt"), "{marker}");
+}
+
 struct Pipeline {
     run: Run,
     pushed: Vec<u32>,

@@ -187,7 +187,10 @@ pub mod __private {
     pub use crate::policy::RetryPolicy;
     pub use crate::retry::Retrier;
     pub use crate::run::Run;
-    pub use crate::step::{Fingerprint, StepDef, run_step, run_step_async};
+    pub use crate::step::{
+        Fingerprint, StepDef, discard_attempt_outputs, record_attempts, run_step, run_step_async,
+        step_error,
+    };
 
     /// The `&Run` behind whatever `run = ...` names (a `Run`, a `&Run`, an
     /// `Arc<Run>`).

@@ -82,6 +82,11 @@ impl<'p> Retrier<'p> {
         self.failed
     }
 
+    /// The delays slept (or about to be slept) between attempts so far.
+    pub fn slept(&self) -> Duration {
+        self.slow.as_ref().map_or(Duration::ZERO, |s| s.slept)
+    }
+
     /// Records a failed attempt and decides: `Some(delay)` to retry after
     /// `delay`, `None` to give up (the issue record is already reported).
     #[cold]

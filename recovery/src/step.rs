@@ -20,7 +20,7 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -297,6 +297,8 @@ impl StepState {
                 staging,
                 outputs: Mutex::new(Vec::new()),
                 next_output: AtomicU64::new(0),
+                attempts: AtomicU32::new(1),
+                slept_ns: AtomicU64::new(0),
             }),
             _lock: lock,
         })
@@ -338,6 +340,10 @@ struct Active {
     staging: PathBuf,
     outputs: Mutex<Vec<Staged>>,
     next_output: AtomicU64,
+    /// Attempts the body made and time slept between them, as a
+    /// `#[retryable]` under the step reports them when it gives up.
+    attempts: AtomicU32,
+    slept_ns: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
@@ -390,6 +396,27 @@ impl Active {
             });
         }
         self.declare(rel, final_path, true, dir)
+    }
+
+    /// Forgets every output declared so far and removes what was staged
+    /// for them: a retried attempt starts from nothing, so nothing a
+    /// failed attempt half-wrote can be committed.
+    fn discard(&self) -> Result<(), RunError> {
+        let mut outputs = self
+            .outputs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let fs = self.run.fs();
+        while let Some(o) = outputs.last() {
+            remove_entry(fs, &o.staging).map_err(|e| RunError::io("discard", &o.staging, e))?;
+            if o.outside {
+                let parent = parent_of(&o.final_path);
+                fs.sync_dir(parent)
+                    .map_err(|e| RunError::io("fsync directory", parent, e))?;
+            }
+            outputs.pop();
+        }
+        Ok(())
     }
 
     fn declare(
@@ -889,6 +916,7 @@ fn finish<R: StepResult>(
     outcome: R,
     ctx: &Context,
 ) -> R {
+    let active = Arc::clone(&execution.active);
     let result = match outcome.into_result() {
         Ok(value) => {
             match execution.commit_with(fingerprint, def.version, def.site, &value, def.verify) {
@@ -900,29 +928,56 @@ fn finish<R: StepResult>(
                     return R::from_result(Ok(value));
                 }
                 Err(e) => {
-                    report_failure(ctx, def, &e);
+                    report_failure(ctx, def, Some(&active), &e);
                     <R::Error as From<RunError>>::from(e)
                 }
             }
         }
         Err(e) => {
             drop(execution);
-            report_failure(ctx, def, &e);
+            report_failure(ctx, def, Some(&active), &e);
             e
         }
     };
     R::from_result(Err(result))
 }
 
-fn report_failure(ctx: &Context, def: &StepDef, error: &dyn Display) {
+fn report_failure(ctx: &Context, def: &StepDef, active: Option<&Active>, error: &dyn Display) {
+    let (attempts, slept_ns) = active.map_or((1, 0), |a| {
+        (
+            a.attempts.load(Ordering::Relaxed),
+            a.slept_ns.load(Ordering::Relaxed),
+        )
+    });
     ctx.report(&IssueRecord {
         error_code: IssueCode::StepFailed,
         severity: Severity::Blocker,
         operation: def.name.to_owned(),
-        attempts: 1,
-        slept_ns: 0,
+        attempts,
+        slept_ns,
         last_error: error.to_string(),
     });
+}
+
+/// What `#[resumable_step]` runs before each retried attempt of its body:
+/// drops every output the failed attempt declared.
+pub fn discard_attempt_outputs(run: &Run) -> Result<(), RunError> {
+    run.active()?.discard()
+}
+
+/// What `#[resumable_step]` runs when the `#[retryable]` under it gives
+/// up: the step's `STEP_FAILED` record carries these figures.
+pub fn record_attempts(run: &Run, attempts: u32, slept: std::time::Duration) {
+    if let Ok(active) = run.active() {
+        active.attempts.store(attempts.max(1), Ordering::Relaxed);
+        let ns = u64::try_from(slept.as_nanos()).unwrap_or(u64::MAX);
+        active.slept_ns.store(ns, Ordering::Relaxed);
+    }
+}
+
+/// A step's own error type made from a [`RunError`].
+pub fn step_error<R: StepResult>(error: RunError) -> R {
+    R::from_result(Err(error.into()))
 }
 
 /// What a step does before its body: the step's result already (resumed,
@@ -939,7 +994,7 @@ fn start<R: StepResult>(
     });
     match prepared {
         Err(e) => {
-            report_failure(ctx, def, &e);
+            report_failure(ctx, def, None, &e);
             Err(R::from_result(Err(e.into())))
         }
         Ok((_, Prepared::Resumed(value))) => Err(R::from_result(Ok(value))),

@@ -42,7 +42,29 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
         crate::retryable::check(&func, &mut errors);
         if errors.is_empty() {
-            match crate::retryable::generate_fn(&retry_args, func) {
+            let p = match &args.krate {
+                Some(path) => quote!(#path::__private),
+                None => quote!(::recovery::__private),
+            };
+            // Each retried attempt starts from no outputs, and a step that
+            // fails reports the attempts its retries made.
+            let hooks = crate::retryable::StepHooks {
+                before_retry: quote! {
+                    if let #p::Err(__recovery_discard) =
+                        #p::discard_attempt_outputs(&__recovery_step_run)
+                    {
+                        return #p::step_error(__recovery_discard);
+                    }
+                },
+                on_give_up: quote! {
+                    #p::record_attempts(
+                        &__recovery_step_run,
+                        __recovery_retrier.failed_attempts(),
+                        __recovery_retrier.slept(),
+                    );
+                },
+            };
+            match crate::retryable::generate_fn(&retry_args, func, Some(&hooks)) {
                 Ok(f) => func = f,
                 Err(e) => {
                     errors.push(e);

@@ -67,15 +67,29 @@ pub fn check(func: &ItemFn, errors: &mut Errors) {
 
 /// Writes the retrying function.
 pub fn generate(args: &RetryArgs, func: ItemFn) -> TokenStream {
-    match generate_fn(args, func) {
+    match generate_fn(args, func, None) {
         Ok(func) => func.into_token_stream(),
         Err(e) => e.to_compile_error(),
     }
 }
 
+/// What a step adds to the retry loop it holds (`#[resumable_step]` over
+/// `#[retryable]`): statements run before every attempt after the first,
+/// and before giving up. They see `__recovery_retrier`.
+pub struct StepHooks {
+    /// Discards what the failed attempt staged (may `return` an error).
+    pub before_retry: TokenStream,
+    /// Tells the step how many attempts were made and how long they slept.
+    pub on_give_up: TokenStream,
+}
+
 /// The retrying function as a syntax tree (`#[resumable_step]` wraps its
-/// body once more).
-pub fn generate_fn(args: &RetryArgs, mut func: ItemFn) -> syn::Result<ItemFn> {
+/// body once more, and passes its hooks).
+pub fn generate_fn(
+    args: &RetryArgs,
+    mut func: ItemFn,
+    hooks: Option<&StepHooks>,
+) -> syn::Result<ItemFn> {
     let krate = match &args.krate {
         Some(path) => path.to_token_stream(),
         None => quote!(::recovery),
@@ -112,7 +126,17 @@ pub fn generate_fn(args: &RetryArgs, mut func: ItemFn) -> syn::Result<ItemFn> {
         let mut __recovery_retrier = #p::Retrier::new(&__RECOVERY_POLICY, #name);
         #(#slots)*
     };
-    let attempt_args = quote!(#last #(#binds)*);
+    let (before_retry, on_give_up) = match hooks {
+        Some(h) => {
+            let before = &h.before_retry;
+            (
+                quote!(if __recovery_retrier.failed_attempts() > 0 { #before }),
+                h.on_give_up.clone(),
+            )
+        }
+        None => (quote!(), quote!()),
+    };
+    let attempt_args = quote!(#before_retry #last #(#binds)*);
     // The error lives only inside the `Err` arm, so it is dropped before an
     // async sleep: a `!Send` error cannot make the future `!Send`.
     let block = if func.sig.asyncness.is_some() {
@@ -130,7 +154,10 @@ pub fn generate_fn(args: &RetryArgs, mut func: ItemFn) -> syn::Result<ItemFn> {
                         let __recovery_decision = #classify;
                         match __recovery_retrier.retry_async(#error_text, __recovery_decision) {
                             #p::Some(__recovery_sleep) => __recovery_sleep,
-                            #p::None => return #p::Err(__recovery_error),
+                            #p::None => {
+                                #on_give_up
+                                return #p::Err(__recovery_error);
+                            }
                         }
                     }
                 };
@@ -150,6 +177,7 @@ pub fn generate_fn(args: &RetryArgs, mut func: ItemFn) -> syn::Result<ItemFn> {
                     #p::Err(__recovery_error) => {
                         let __recovery_decision = #classify;
                         if !__recovery_retrier.retry_blocking(#error_text, __recovery_decision) {
+                            #on_give_up
                             return #p::Err(__recovery_error);
                         }
                     }

@@ -4,7 +4,7 @@ mod args;
 mod expand;
 
 pub use args::RetryArgs;
-pub use expand::{check, generate_fn};
+pub use expand::{StepHooks, check, generate_fn};
 
 use proc_macro2::TokenStream;
 use quote::quote;
