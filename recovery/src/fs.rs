@@ -50,7 +50,10 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     /// Creates or truncates `path` and writes `data` (not yet durable).
     fn write(&self, path: &Path, data: &[u8]) -> io::Result<()>;
-    /// Appends `data` to `path` in one write, creating it if missing.
+    /// Appends the line `data` to `path` in one write, creating it if
+    /// missing. When the file does not end in a newline (its last line was
+    /// cut by a crash), a newline goes first, in the same write, so the cut
+    /// line cannot swallow this one.
     fn append(&self, path: &Path, data: &[u8]) -> io::Result<()>;
     /// Makes a file's content durable (`fsync`).
     fn sync_file(&self, path: &Path) -> io::Result<()>;
@@ -95,8 +98,25 @@ impl FileSystem for RealFs {
     }
 
     fn append(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-        file.write_all(data)
+        use std::os::unix::fs::FileExt;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        let mut last = [b'\n'];
+        if len > 0 {
+            file.read_exact_at(&mut last, len - 1)?;
+        }
+        if last[0] == b'\n' {
+            file.write_all(data)
+        } else {
+            let mut line = Vec::with_capacity(data.len() + 1);
+            line.push(b'\n');
+            line.extend_from_slice(data);
+            file.write_all(&line)
+        }
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {

@@ -626,6 +626,30 @@ mod tests {
     }
 
     #[test]
+    fn a_record_appended_after_a_cut_line_is_kept_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = Run::open(tmp.path()).unwrap();
+        run.log_event(&Event::StepResumed { step: "a".into() });
+        // A crash cut the next line: no final newline.
+        let mut bytes = std::fs::read(run.events_path()).unwrap();
+        bytes.extend_from_slice(b"{\"event\":\"STEP_RES");
+        std::fs::write(run.events_path(), &bytes).unwrap();
+        run.log_event(&Event::StepResumed { step: "b".into() });
+        run.log_event(&Event::StepResumed { step: "c".into() });
+        let log = run.events().unwrap();
+        let steps: Vec<_> = log
+            .records
+            .iter()
+            .map(|e| match e {
+                Event::StepResumed { step } => step.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(steps, ["a", "b", "c"]);
+        assert_eq!(log.skipped, 1, "only the cut line is lost");
+    }
+
+    #[test]
     fn temp_marker_names_are_recognised() {
         assert_eq!(
             temp_marker_step(".recovery-tmp.12.3.clone.json"),

@@ -398,6 +398,10 @@ impl FileSystem for SimFs {
             Some(Node::Dir) => return Err(io::Error::other("is a directory (sim)")),
             None => Vec::new(),
         };
+        // As the real one: a cut last line is ended before this one.
+        if content.last().is_some_and(|b| *b != b'\n') {
+            content.push(b'\n');
+        }
         content.extend_from_slice(data);
         self.write(path, &content)
     }
