@@ -119,28 +119,44 @@ fn a_marker_pointing_outside_the_run_is_not_read() {
 
 /// A planted journal in a leftover staging directory lists files outside
 /// the run: the sweep removes the directory, and nothing it did not name
-/// itself for that step execution.
+/// itself for that step execution. Every planted path lies inside this
+/// test's temporary directory (a "victim" directory beside the run, the
+/// temporary directory itself, climbs back into it), so a regression in the
+/// product's check removes test files, never a real one.
 #[test]
 fn a_hostile_outside_journal_removes_nothing_of_anyone_else() {
     let (tmp, run) = done_run();
     let leftover = run.dir().join("staging/victim@1.0");
     std::fs::create_dir(&leftover).unwrap();
-    let precious = tmp.path().join("precious.txt");
-    let lookalike = tmp.path().join(".recovery-staging-other@1.0-o0");
+    let victim = tmp.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let precious = victim.join("precious.txt");
+    let lookalike = victim.join(".recovery-staging-other@1.0-o0");
+    let climbing = victim.join("sub/../.recovery-staging-victim@1.0-o0");
     for file in [&precious, &lookalike] {
         std::fs::write(file, b"keep me").unwrap();
     }
-    std::fs::write(
-        leftover.join("outside"),
-        format!("{}\n{}\n/\n..\n", precious.display(), lookalike.display()),
-    )
-    .unwrap();
+    std::fs::create_dir(victim.join("sub")).unwrap();
+    let planted = [
+        precious.clone(),
+        lookalike.clone(),
+        victim.clone(),
+        tmp.path().to_path_buf(),
+        victim.join(".."),
+        climbing,
+    ];
+    let journal: String = planted
+        .iter()
+        .map(|p| format!("{}\n", p.display()))
+        .collect();
+    std::fs::write(leftover.join("outside"), journal).unwrap();
     drop(run);
     Run::open(tmp.path().join("run")).unwrap();
     assert!(!leftover.exists(), "the leftover is swept");
     for file in [&precious, &lookalike] {
         assert_eq!(std::fs::read(file).unwrap(), b"keep me");
     }
+    assert!(victim.join("sub").is_dir());
     tried();
 }
 

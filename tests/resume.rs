@@ -657,6 +657,49 @@ fn a_writer_killed_mid_write_leaves_nothing_that_counts() {
     assert!(run.step("slow-write").unwrap().is_done(&(), 1).unwrap());
 }
 
+/// The same step name as the child's, done quickly in this process.
+#[resumable_step("slow-write")]
+fn quick_write(run: &Run) -> std::io::Result<u64> {
+    run.write_output("big.bin", b"small")?;
+    Ok(5)
+}
+
+#[test]
+fn a_worker_that_takes_over_a_killed_workers_step_sweeps_its_staging() {
+    let f = fixture();
+    let started = f.dir.with_file_name("started");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_step-child"))
+        .args(["slow-write"])
+        .arg(&f.dir)
+        .arg(&started)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never started writing"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Opened while the child holds the step: its staging is left alone.
+    let run = Run::open(&f.dir).unwrap();
+    assert_eq!(std::fs::read_dir(f.dir.join("staging")).unwrap().count(), 1);
+    child.kill().unwrap(); // SIGKILL
+    assert!(!child.wait().unwrap().success());
+    // This worker takes the step's lock: the dead one's leftovers are its own.
+    assert_eq!(quick_write(&run).unwrap(), 5);
+    let left: Vec<_> = std::fs::read_dir(f.dir.join("staging"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the dead worker's staging lingers: {left:?}"
+    );
+    assert_eq!(std::fs::read(f.dir.join("big.bin")).unwrap(), b"small");
+}
+
 #[test]
 fn two_processes_on_one_run_directory_run_a_step_once() {
     let f = fixture();

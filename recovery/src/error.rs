@@ -101,6 +101,16 @@ pub enum RunError {
          body of a #[resumable_step] (or between StepState::begin and commit)"
     )]
     NoActiveStep,
+    /// A removal of a step's leftovers was refused at the removal itself:
+    /// the path is not a staging name this library made, in its place (a
+    /// damaged or hostile journal, or a bug). Nothing was removed.
+    #[error("refused to remove {}: {reason}; nothing was removed", path.display())]
+    RefusedRemoval {
+        /// The path that was to be removed.
+        path: PathBuf,
+        /// Why it is not a leftover of ours.
+        reason: &'static str,
+    },
     /// A declared output was never written.
     #[error("step {step:?} declared output {path:?} but wrote nothing at {}", staging.display())]
     OutputNotWritten {

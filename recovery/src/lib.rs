@@ -47,6 +47,7 @@ mod error;
 mod event;
 pub mod fs;
 mod issue;
+mod leftover;
 pub mod marker;
 mod names;
 mod outside;

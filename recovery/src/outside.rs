@@ -12,6 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::fs::{FileSystem, atomic_write_with, context, parent_of};
+use crate::leftover::is_outside_staging_of;
 use crate::names::OUTSIDE_STAGING_PREFIX;
 
 /// The journal's file name, in a step's staging directory.
@@ -65,17 +66,15 @@ pub(crate) fn leftovers(fs: &dyn FileSystem, step_staging: &Path) -> Vec<PathBuf
     let Ok(bytes) = fs.read(&step_staging.join(JOURNAL), JOURNAL_LIMIT) else {
         return Vec::new();
     };
-    let ours = |name: &str| {
-        name.strip_prefix(OUTSIDE_STAGING_PREFIX)
-            .and_then(|rest| rest.strip_prefix(step))
-            .and_then(|rest| rest.strip_prefix(['-']))
-            .and_then(|rest| rest.strip_prefix(['o', 't']))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    };
     String::from_utf8_lossy(&bytes)
         .lines()
         .map(PathBuf::from)
-        .filter(|p| p.is_absolute() && p.file_name().and_then(|n| n.to_str()).is_some_and(ours))
+        .filter(|p| {
+            p.is_absolute()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| is_outside_staging_of(n, step))
+        })
         .collect()
 }
 

@@ -23,10 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::context::{Context, Observer};
 use crate::error::RunError;
 use crate::event::Event;
-use crate::fs::{
-    EntryKind, FileSystem, RealFs, TEMP_PREFIX, atomic_write_with, parent_of, remove_entry,
-};
+use crate::fs::{EntryKind, FileSystem, RealFs, TEMP_PREFIX, atomic_write_with, parent_of};
 use crate::issue::IssueRecord;
+use crate::leftover::{self, Expect, execution_step};
 use crate::names::{check_outside_path, check_step_name};
 use crate::outside;
 
@@ -288,18 +287,11 @@ impl Run {
             .read_dir(&staging)
             .map_err(|e| RunError::io("list", &staging, e))?;
         for name in names {
-            let Some((step, _)) = name.split_once('@') else {
+            let Some(step) = execution_step(&name) else {
                 continue;
             };
             if let Some(_lock) = self.try_lock_step(step)? {
-                let path = staging.join(&name);
-                // What the step staged outside the run directory first:
-                // its journal lists it, and goes with this directory.
-                for outside in outside::leftovers(fs, &path) {
-                    remove_entry(fs, &outside)
-                        .map_err(|e| RunError::io("remove leftover", &outside, e))?;
-                }
-                remove_entry(fs, &path).map_err(|e| RunError::io("remove leftover", &path, e))?;
+                self.remove_execution_leftovers(&name)?;
             }
         }
         let steps = self.steps_dir();
@@ -317,6 +309,44 @@ impl Run {
             }
         }
         Ok(())
+    }
+
+    /// Removes what earlier executions of `step` left in staging (a worker
+    /// killed inside the step): whoever takes a step's lock owns its
+    /// leftovers. The caller holds the lock.
+    pub(crate) fn sweep_step(&self, step: &str) -> Result<(), RunError> {
+        let staging = self.staging_dir();
+        let names = self
+            .fs()
+            .read_dir(&staging)
+            .map_err(|e| RunError::io("list", &staging, e))?;
+        for name in names.iter().filter(|n| execution_step(n) == Some(step)) {
+            self.remove_execution_leftovers(name)?;
+        }
+        Ok(())
+    }
+
+    /// Removes one execution's staging directory, and first what its
+    /// journal says it staged outside the run (the journal goes with the
+    /// directory). Each removal is checked at the removal itself; an entry
+    /// that fails the check is reported and left alone.
+    fn remove_execution_leftovers(&self, name: &str) -> Result<(), RunError> {
+        let fs = self.fs();
+        let area = self.staging_dir();
+        let path = area.join(name);
+        for outside in outside::leftovers(fs, &path) {
+            match leftover::remove(fs, &outside, Expect::Outside { execution: name }) {
+                Err(refused @ RunError::RefusedRemoval { .. }) => report_refusal(&refused),
+                other => other?,
+            }
+        }
+        leftover::remove(
+            fs,
+            &path,
+            Expect::InRun {
+                staging_area: &area,
+            },
+        )
     }
 
     /// Allows steps to place outputs inside `dir` (not at `dir` itself:
@@ -535,6 +565,13 @@ pub fn parse_log<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> LogRead<T> {
         }
     }
     LogRead { records, skipped }
+}
+
+/// A leftover the sweep would not remove: not ours, so not ours to delete,
+/// but worth a look.
+fn report_refusal(_refused: &RunError) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(error = %_refused, "left a damaged staging journal's entry alone");
 }
 
 /// The step whose marker a leftover temporary file was meant to become:

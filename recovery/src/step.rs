@@ -33,6 +33,7 @@ use crate::error::RunError;
 use crate::event::Event;
 use crate::fs::{EntryKind, FileSystem, atomic_write_with, parent_of, remove_entry};
 use crate::issue::{IssueCode, IssueRecord, Severity};
+use crate::leftover::{self, Expect};
 use crate::marker::{self, MARKER_FORMAT, Marker, MarkerState, OutputEntry, OutputKind, Verify};
 use crate::names::{check_output_path, check_outside_path, check_step_name};
 use crate::outside;
@@ -280,12 +281,15 @@ impl StepState {
     /// opens a staging area for its outputs.
     pub fn begin(&self) -> Result<StepExecution, RunError> {
         let lock = self.run.lock_step(&self.name)?;
+        // What a dead worker left of this step is ours now.
+        self.run.sweep_step(&self.name)?;
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let staging =
-            self.run
-                .staging_dir()
-                .join(format!("{}@{}.{n}", self.name, std::process::id()));
+        let staging = self.run.staging_dir().join(leftover::execution_name(
+            &self.name,
+            std::process::id(),
+            n,
+        ));
         self.run
             .fs()
             .create_dir_all(&staging)
@@ -398,6 +402,17 @@ impl Active {
         self.declare(rel, final_path, true, dir)
     }
 
+    /// Removes something this execution staged beside an output outside
+    /// the run, checked at the removal (see [`leftover::remove`]).
+    fn remove_staged(&self, path: &Path) -> Result<(), RunError> {
+        let execution = self
+            .staging
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        leftover::remove(self.run.fs(), path, Expect::Outside { execution })
+    }
+
     /// Forgets every output declared so far and removes what was staged
     /// for them: a retried attempt starts from nothing, so nothing a
     /// failed attempt half-wrote can be committed.
@@ -408,11 +423,13 @@ impl Active {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let fs = self.run.fs();
         while let Some(o) = outputs.last() {
-            remove_entry(fs, &o.staging).map_err(|e| RunError::io("discard", &o.staging, e))?;
             if o.outside {
+                self.remove_staged(&o.staging)?;
                 let parent = parent_of(&o.final_path);
                 fs.sync_dir(parent)
                     .map_err(|e| RunError::io("fsync directory", parent, e))?;
+            } else {
+                remove_entry(fs, &o.staging).map_err(|e| RunError::io("discard", &o.staging, e))?;
             }
             outputs.pop();
         }
@@ -710,12 +727,19 @@ impl Drop for StepExecution {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut cleared = true;
         for o in outputs.iter().filter(|o| o.outside) {
-            cleared &= remove_entry(fs, &o.staging).is_ok()
-                && remove_entry(fs, &o.trash).is_ok()
+            cleared &= self.active.remove_staged(&o.staging).is_ok()
+                && self.active.remove_staged(&o.trash).is_ok()
                 && fs.sync_dir(parent_of(&o.final_path)).is_ok();
         }
         if cleared {
-            let _ = fs.remove_dir_all(&self.active.staging);
+            let area = self.active.run.staging_dir();
+            let _ = leftover::remove(
+                fs,
+                &self.active.staging,
+                Expect::InRun {
+                    staging_area: &area,
+                },
+            );
         }
     }
 }
