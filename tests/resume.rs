@@ -701,6 +701,46 @@ fn a_worker_that_takes_over_a_killed_workers_step_sweeps_its_staging() {
 }
 
 #[test]
+fn a_directory_in_the_markers_place_is_handled_before_the_body_runs() {
+    // Empty: nothing of anyone's, replaced; the step runs and is done.
+    let f = fixture();
+    let run = Run::open(&f.dir).unwrap();
+    let marker = f.dir.join("state/steps/build.json");
+    std::fs::create_dir(&marker).unwrap();
+    let mut runs = 0;
+    build(&run, "src", 1, &mut runs).unwrap();
+    assert_eq!(runs, 1);
+    assert!(marker.is_file());
+    build(&run, "src", 1, &mut runs).unwrap();
+    assert_eq!(runs, 1, "done, and resumed");
+
+    // With files in it: an error that names it and the fix, and the body
+    // does not run.
+    let f = fixture();
+    let run = Run::open(&f.dir).unwrap();
+    std::fs::create_dir(&marker_of(&f.dir)).unwrap();
+    std::fs::write(marker_of(&f.dir).join("notes.txt"), b"mine").unwrap();
+    let mut runs = 0;
+    let err = build(&run, "src", 1, &mut runs).unwrap_err().to_string();
+    assert_eq!(
+        runs, 0,
+        "the body must not run when it cannot be marked done"
+    );
+    assert!(
+        err.contains("build.json") && err.contains("Move it away"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(marker_of(&f.dir).join("notes.txt")).unwrap(),
+        b"mine"
+    );
+}
+
+fn marker_of(dir: &Path) -> PathBuf {
+    dir.join("state/steps/build.json")
+}
+
+#[test]
 fn two_processes_on_one_run_directory_run_a_step_once() {
     let f = fixture();
     Run::open(&f.dir).unwrap();

@@ -101,6 +101,20 @@ pub enum RunError {
          body of a #[resumable_step] (or between StepState::begin and commit)"
     )]
     NoActiveStep,
+    /// Something that is not a marker (a non-empty directory) sits where a
+    /// step's marker goes, so the step could never be marked done.
+    #[error(
+        "{} is a directory with files in it, where the marker of step {step:?} goes; \
+         the step would run and never be marked done. Move it away (recovery keeps \
+         nothing there but marker files), then run again",
+        path.display()
+    )]
+    MarkerPlaceTaken {
+        /// The step.
+        step: String,
+        /// The marker's path.
+        path: PathBuf,
+    },
     /// A removal of a step's leftovers was refused at the removal itself:
     /// the path is not a staging name this library made, in its place (a
     /// damaged or hostile journal, or a bug). Nothing was removed.

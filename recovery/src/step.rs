@@ -308,6 +308,33 @@ impl StepState {
         })
     }
 
+    /// Makes sure the marker can be written: an empty directory in its
+    /// place (nothing of anyone's) is removed; a directory with files in
+    /// it is an error before the body runs, not a commit that fails every
+    /// time. The caller holds the step's lock.
+    fn clear_marker_place(&self) -> Result<(), RunError> {
+        let fs = self.run.fs();
+        let path = self.run.marker_path(&self.name);
+        match fs.stat(&path) {
+            Ok(s) if s.kind == EntryKind::Dir => {}
+            _ => return Ok(()),
+        }
+        let entries = fs
+            .read_dir(&path)
+            .map_err(|e| RunError::io("list", &path, e))?;
+        if !entries.is_empty() {
+            return Err(RunError::MarkerPlaceTaken {
+                step: self.name.clone(),
+                path,
+            });
+        }
+        fs.remove_dir_all(&path)
+            .map_err(|e| RunError::io("remove empty directory", &path, e))?;
+        let dir = self.run.steps_dir();
+        fs.sync_dir(&dir)
+            .map_err(|e| RunError::io("fsync directory", &dir, e))
+    }
+
     /// Invalidates the step: removes its marker atomically, under the
     /// step's lock. Its outputs stay until the step runs again. Returns
     /// whether there was a marker.
@@ -918,6 +945,7 @@ fn prepare<T: DeserializeOwned>(
         return resumed(value);
     }
     let execution = state.begin()?;
+    state.clear_marker_place()?;
     match check(&state)? {
         Ok(value) => resumed(value),
         Err(reason) => {
