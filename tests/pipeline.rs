@@ -236,6 +236,102 @@ fn a_missing_repository_fails_at_once_with_a_clear_record() {
 }
 
 #[test]
+fn two_pipelines_started_at_once_on_a_new_run_directory_both_succeed() {
+    for round in 0..3 {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let spawn = || {
+            pipeline()
+                .arg("--run-dir")
+                .arg(&dir)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        for child in [a, b] {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert_eq!(
+            artifacts(&dir),
+            artifacts(&reference_plain()),
+            "round {round}"
+        );
+    }
+}
+
+/// An uninterrupted run without simulated failures.
+fn reference_plain() -> PathBuf {
+    static PLAIN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    PLAIN
+        .get_or_init(|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("run");
+            ok(run_pipeline(&dir, &[]));
+            (tmp, dir)
+        })
+        .1
+        .clone()
+}
+
+/// Runs git in `dir` with a fixed identity.
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=T", "-c", "user.email=t@example.invalid"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn new_commits_on_the_remote_rerun_the_clone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("upstream");
+    std::fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "--quiet", "--initial-branch=main"]);
+    std::fs::write(repo.join("a.txt"), "one\n").unwrap();
+    git(&repo, &["add", "a.txt"]);
+    git(&repo, &["commit", "--quiet", "-m", "one"]);
+    let dir = tmp.path().join("run");
+    let url = repo.to_str().unwrap();
+    ok(run_pipeline(&dir, &["--repo", url]));
+    assert_eq!(step(&log(&dir), "clone")["outcome"], "ran");
+    ok(run_pipeline(&dir, &["--repo", url]));
+    assert_eq!(
+        step(&log(&dir), "clone")["outcome"],
+        "resumed",
+        "nothing moved"
+    );
+
+    std::fs::write(repo.join("b.txt"), "two\n").unwrap();
+    git(&repo, &["add", "b.txt"]);
+    git(&repo, &["commit", "--quiet", "-m", "two"]);
+    ok(run_pipeline(&dir, &["--repo", url]));
+    assert_eq!(
+        step(&log(&dir), "clone")["outcome"],
+        "ran",
+        "the branch moved"
+    );
+    assert!(
+        dir.join("repo/b.txt").is_file(),
+        "the new commit is checked out"
+    );
+}
+
+#[test]
 fn a_bad_argument_is_a_clear_error() {
     let out = pipeline()
         .args(["--crash-after", "nonsense"])

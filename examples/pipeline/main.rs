@@ -77,14 +77,16 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     println!("run directory: {}", run.dir().display());
 
     // The source: a URL given, or the demo repository served on loopback.
-    let (url, source) = match &args.repo {
-        Some(repo) => (repo.clone(), repo.clone()),
+    // `head` is where the source's HEAD points now: the clone is keyed on
+    // it, so new commits rerun the clone and nothing else does.
+    let (url, source, ask_head) = match &args.repo {
+        Some(repo) => (repo.clone(), repo.clone(), repo.clone()),
         None => {
             let mut name = run.dir().file_name().unwrap_or_default().to_owned();
             name.push(".source");
             let base = run.dir().with_file_name(name);
             std::fs::create_dir_all(&base)?;
-            source::demo_repository(&base)?;
+            let bare = source::demo_repository(&base)?;
             let server = source::serve(&base)?;
             let addr = if args.simulate_failure {
                 let (proxy, _) = proxy::start(server, args.drops)?;
@@ -98,15 +100,15 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 println!("serving the demo repository on {server}");
                 server
             };
-            (format!("git://{addr}/demo.git"), "demo".to_owned())
+            // Its HEAD is asked of the repository itself, not through the
+            // flaky proxy, whose dropped connections are the clone's to meet.
+            let ask_head = bare.to_string_lossy().into_owned();
+            (
+                format!("git://{addr}/demo.git"),
+                "demo".to_owned(),
+                ask_head,
+            )
         }
-    };
-    // The key of the clone step is the source, not the port it is served on
-    // today: resuming must not depend on the port.
-    let clone_key = if args.repo.is_some() {
-        url.clone()
-    } else {
-        source.clone()
     };
 
     let progress = Arc::new(Progress::default());
@@ -120,7 +122,8 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let result = ctx.in_scope(|| -> Result<steps::Summary, steps::PipelineError> {
-        let cloned = clone_repo(&run, &clone_key, &url)?;
+        let head = steps::remote_head(&ask_head)?;
+        let cloned = clone_repo(&run, &source, &head, &url)?;
         crash::maybe(&run, Point::After("clone"));
         let info = build_manifest(&run, &cloned.path, &cloned.commit, &worker)?;
         crash::maybe(&run, Point::After("manifest"));

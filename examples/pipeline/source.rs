@@ -64,12 +64,17 @@ const HISTORY: &[(&str, &str, &str)] = &[
 ];
 
 /// Creates `<dir>/demo.git` (bare) with a few commits, unless it exists.
+/// Several pipelines may start on one run directory at once: each builds in
+/// directories of its own and renames the result into place; the first
+/// rename wins and the others use its repository (the same commits).
 pub fn demo_repository(dir: &Path) -> Result<PathBuf, String> {
     let bare = dir.join("demo.git");
     if bare.join("HEAD").is_file() {
         return Ok(bare);
     }
-    let work = dir.join("demo-work");
+    let pid = std::process::id();
+    let work_name = format!("demo-work.{pid}");
+    let work = dir.join(&work_name);
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
     git(&work, &["init", "--quiet", "--initial-branch=main"])?;
@@ -82,15 +87,21 @@ pub fn demo_repository(dir: &Path) -> Result<PathBuf, String> {
         git(&work, &["add", path])?;
         git(&work, &["commit", "--quiet", "-m", message])?;
     }
-    let tmp = dir.join("demo.git.tmp");
+    let tmp_name = format!("demo.git.tmp.{pid}");
+    let tmp = dir.join(&tmp_name);
     let _ = std::fs::remove_dir_all(&tmp);
-    git(
-        dir,
-        &["clone", "--quiet", "--bare", "demo-work", "demo.git.tmp"],
-    )?;
-    std::fs::rename(&tmp, &bare).map_err(|e| e.to_string())?;
+    git(dir, &["clone", "--quiet", "--bare", &work_name, &tmp_name])?;
+    let renamed = std::fs::rename(&tmp, &bare);
     let _ = std::fs::remove_dir_all(&work);
-    Ok(bare)
+    match renamed {
+        Ok(()) => Ok(bare),
+        // Another pipeline put its copy there first.
+        Err(_) if bare.join("HEAD").is_file() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(bare)
+        }
+        Err(e) => Err(format!("rename onto {}: {e}", bare.display())),
+    }
 }
 
 /// Serves the repositories under `base` over the git protocol on a loopback

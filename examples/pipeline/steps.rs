@@ -83,6 +83,26 @@ fn git_failure(status: std::process::ExitStatus, stderr: &str) -> PipelineError 
         };
     }
     let lower = stderr.to_lowercase();
+    // git follows "not a repository" with "could not read from remote":
+    // that is no dropped connection.
+    let permanent = [
+        "does not exist",
+        "not found",
+        "not a git repository",
+        "not appear to be",
+    ];
+    if permanent.iter().any(|p| lower.contains(p)) {
+        let fatal = stderr
+            .lines()
+            .find(|l| l.starts_with("fatal:"))
+            .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()))
+            .unwrap_or_default()
+            .trim();
+        return PipelineError::Git {
+            message: format!("the repository does not exist or is not a git repository ({fatal})"),
+            transient: false,
+        };
+    }
     let dropped = [
         "hung up",
         "connection reset",
@@ -105,14 +125,8 @@ fn git_failure(status: std::process::ExitStatus, stderr: &str) -> PipelineError 
         .find(|l| !l.trim().is_empty())
         .map(|l| l.trim().to_owned())
         .unwrap_or_else(|| format!("git ended with {status} and printed nothing"));
-    let permanent = [
-        "does not exist",
-        "not found",
-        "not a git repository",
-        "not appear to be",
-    ];
     PipelineError::Git {
-        transient: !permanent.iter().any(|p| lower.contains(p)),
+        transient: true,
         message,
     }
 }
@@ -129,12 +143,39 @@ pub struct Cloned {
     pub commit: String,
 }
 
-/// `source` names what is cloned ("demo", or the URL given); `url` is where
-/// it is served now. Only `source` is the step's key.
-#[resumable_step("clone", key = source)]
+/// The commit the remote's HEAD points at now (`git ls-remote`): what the
+/// clone step is keyed on, so a branch that moved reruns the clone. Its
+/// retries and failures are reported as the clone's.
+#[retryable(name = "clone", max_attempts = 6, base = "200ms", max_delay = "3s", jitter,
+            when = PipelineError::is_transient)]
+pub fn remote_head(url: &str) -> Result<String, PipelineError> {
+    let out = Command::new("git")
+        .args(["ls-remote", url, "HEAD"])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()?;
+    if !out.status.success() {
+        return Err(git_failure(
+            out.status,
+            &String::from_utf8_lossy(&out.stderr),
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_whitespace().next() {
+        Some(commit) => Ok(commit.to_owned()),
+        None => Err(PipelineError::Git {
+            message: format!("{url} has no HEAD (an empty repository?)"),
+            transient: false,
+        }),
+    }
+}
+
+/// `source` names what is cloned ("demo", or the URL given) and `head` the
+/// commit its HEAD points at ([`remote_head`]); `url` is where it is served
+/// now, not part of the key: resuming must not depend on the port.
+#[resumable_step("clone", key = (source, head))]
 #[retryable(max_attempts = 6, base = "200ms", max_delay = "3s", jitter,
             when = PipelineError::is_transient)]
-pub fn clone_repo(run: &Run, source: &str, url: &str) -> Result<Cloned, PipelineError> {
+pub fn clone_repo(run: &Run, source: &str, head: &str, url: &str) -> Result<Cloned, PipelineError> {
     let out = run.output_dir("repo")?;
     let result = Command::new("git")
         .args(["clone", "--quiet", "--no-hardlinks", url])

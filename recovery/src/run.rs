@@ -186,68 +186,54 @@ impl Run {
     }
 
     /// Makes sure the directory is a run (or empty, and makes it one).
+    ///
+    /// Several processes may create one run at once: each writes the same
+    /// `run.json` atomically (the last rename wins, with the same content),
+    /// and none removes another's temporary file, whose rename would then
+    /// fail; leftovers of crashed creators are swept once the run exists.
     fn check_or_init(&self) -> Result<(), RunError> {
         let fs = self.fs();
         let path = self.dir().join("run.json");
-        match fs.stat(&path) {
-            Ok(stat) if stat.kind == EntryKind::File => {
-                let bytes = fs
-                    .read(&path, 1 << 20)
-                    .map_err(|e| RunError::io("read", &path, e))?;
-                let bad = |reason: String| RunError::BadRunFile {
-                    path: path.clone(),
-                    reason,
-                };
-                let file: RunFile = serde_json::from_slice(&bytes).map_err(|e| {
-                    bad(format!(
-                        "not a run file ({e}); restore it or start a new run"
-                    ))
-                })?;
-                if file.kind != RUN_KIND {
-                    return Err(bad(format!("kind {:?} is not {RUN_KIND:?}", file.kind)));
-                }
-                if file.format > RUN_FORMAT {
-                    return Err(bad(format!(
-                        "format {} is newer than the {RUN_FORMAT} this program reads; upgrade recovery",
-                        file.format
-                    )));
-                }
-                Ok(())
+        // Each round either returns or saw another opener's run.json appear
+        // since its own look, which happens at most once per opener.
+        for _ in 0..8 {
+            match fs.stat(&path) {
+                Ok(stat) => return check_run_file(fs, &path, stat.kind),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(RunError::io("inspect", &path, e)),
             }
-            Ok(_) => Err(RunError::BadRunFile {
-                path,
-                reason: "is not a regular file".into(),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let entries = fs
-                    .read_dir(self.dir())
-                    .map_err(|e| RunError::io("list", self.dir(), e))?;
-                // A crash while the run was first being created leaves at
-                // most our own temporary run.json: still an empty run.
-                let (ours, theirs): (Vec<_>, Vec<_>) =
-                    entries.iter().partition(|n| n.starts_with(TEMP_PREFIX));
-                if !theirs.is_empty() {
-                    return Err(RunError::NotARunDirectory {
-                        path: self.dir().to_owned(),
-                    });
+            let entries = fs
+                .read_dir(self.dir())
+                .map_err(|e| RunError::io("list", self.dir(), e))?;
+            // Temporary files are other openers' (or a crashed one's).
+            if entries.iter().any(|n| !n.starts_with(TEMP_PREFIX)) {
+                if fs.stat(&path).is_ok() {
+                    continue; // made by another opener since we looked
                 }
-                for name in ours {
-                    let leftover = self.dir().join(name);
-                    fs.remove_file(&leftover)
-                        .map_err(|e| RunError::io("remove leftover", &leftover, e))?;
-                }
-                let bytes = serde_json::to_vec_pretty(&RunFile {
-                    format: RUN_FORMAT,
-                    kind: RUN_KIND.into(),
-                })
-                .map_err(|e| RunError::BadRunFile {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                atomic_write_with(fs, &path, &bytes).map_err(|e| RunError::io("write", &path, e))
+                return Err(RunError::NotARunDirectory {
+                    path: self.dir().to_owned(),
+                });
             }
-            Err(e) => Err(RunError::io("inspect", &path, e)),
+            let bytes = serde_json::to_vec_pretty(&RunFile {
+                format: RUN_FORMAT,
+                kind: RUN_KIND.into(),
+            })
+            .map_err(|e| RunError::BadRunFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            match atomic_write_with(fs, &path, &bytes) {
+                Ok(()) => return Ok(()),
+                // Our temporary was swept by an opener that found the run
+                // made meanwhile: check that run.json instead.
+                Err(_) if fs.stat(&path).is_ok() => continue,
+                Err(e) => return Err(RunError::io("write", &path, e)),
+            }
         }
+        Err(RunError::BadRunFile {
+            path,
+            reason: "it keeps appearing and vanishing; is another program removing it?".into(),
+        })
     }
 
     /// The run's own directories must be real directories: a symlink there
@@ -292,6 +278,20 @@ impl Run {
             };
             if let Some(_lock) = self.try_lock_step(step)? {
                 self.remove_execution_leftovers(&name)?;
+            }
+        }
+        // A creator that crashed before its rename left its temporary
+        // run.json; the run exists now, so no opener still needs one.
+        let names = fs
+            .read_dir(self.dir())
+            .map_err(|e| RunError::io("list", self.dir(), e))?;
+        for name in names.iter().filter(|n| is_temp_run_file(n)) {
+            let path = self.dir().join(name);
+            match fs.remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(RunError::io("remove leftover", &path, e));
+                }
+                _ => {}
             }
         }
         let steps = self.steps_dir();
@@ -567,11 +567,45 @@ pub fn parse_log<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> LogRead<T> {
     LogRead { records, skipped }
 }
 
+/// Checks an existing `run.json`.
+fn check_run_file(fs: &dyn FileSystem, path: &Path, kind: EntryKind) -> Result<(), RunError> {
+    let bad = |reason: String| RunError::BadRunFile {
+        path: path.to_owned(),
+        reason,
+    };
+    if kind != EntryKind::File {
+        return Err(bad("is not a regular file".into()));
+    }
+    let bytes = fs
+        .read(path, 1 << 20)
+        .map_err(|e| RunError::io("read", path, e))?;
+    let file: RunFile = serde_json::from_slice(&bytes).map_err(|e| {
+        bad(format!(
+            "not a run file ({e}); restore it or start a new run"
+        ))
+    })?;
+    if file.kind != RUN_KIND {
+        return Err(bad(format!("kind {:?} is not {RUN_KIND:?}", file.kind)));
+    }
+    if file.format > RUN_FORMAT {
+        return Err(bad(format!(
+            "format {} is newer than the {RUN_FORMAT} this program reads; upgrade recovery",
+            file.format
+        )));
+    }
+    Ok(())
+}
+
 /// A leftover the sweep would not remove: not ours, so not ours to delete,
 /// but worth a look.
 fn report_refusal(_refused: &RunError) {
     #[cfg(feature = "tracing")]
     tracing::warn!(error = %_refused, "left a damaged staging journal's entry alone");
+}
+
+/// A temporary `run.json` of a creator: `.recovery-tmp.<pid>.<n>.run.json`.
+fn is_temp_run_file(name: &str) -> bool {
+    temp_marker_step(name) == Some("run")
 }
 
 /// The step whose marker a leftover temporary file was meant to become:
@@ -615,6 +649,40 @@ mod tests {
         }
         drop(run);
         Run::open(&dir).unwrap();
+    }
+
+    #[test]
+    fn openers_racing_to_create_one_run_all_succeed() {
+        let tmp = tempfile::tempdir().unwrap();
+        for round in 0..40 {
+            let dir = tmp.path().join(format!("run{round}"));
+            // Half the rounds start from an existing empty directory.
+            if round % 2 == 1 {
+                std::fs::create_dir(&dir).unwrap();
+            }
+            let barrier = std::sync::Barrier::new(4);
+            std::thread::scope(|s| {
+                let openers: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            Run::open(&dir).map(|run| run.dir().to_owned())
+                        })
+                    })
+                    .collect();
+                for opener in openers {
+                    let opened = opener.join().unwrap();
+                    assert_eq!(opened.as_deref().ok(), Some(dir.as_path()), "{opened:?}");
+                }
+            });
+            let mut names: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            // One run, and no opener's temporary file left behind.
+            assert_eq!(names, ["run.json", "staging", "state"], "round {round}");
+        }
     }
 
     #[test]
