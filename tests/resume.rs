@@ -718,7 +718,7 @@ fn a_directory_in_the_markers_place_is_handled_before_the_body_runs() {
     // does not run.
     let f = fixture();
     let run = Run::open(&f.dir).unwrap();
-    std::fs::create_dir(&marker_of(&f.dir)).unwrap();
+    std::fs::create_dir(marker_of(&f.dir)).unwrap();
     std::fs::write(marker_of(&f.dir).join("notes.txt"), b"mine").unwrap();
     let mut runs = 0;
     let err = build(&run, "src", 1, &mut runs).unwrap_err().to_string();
