@@ -32,6 +32,15 @@ pub enum RunError {
         /// The directory.
         path: PathBuf,
     },
+    /// A path given as a run directory that holds no run: a file, or an
+    /// empty directory (checked by tools that inspect runs).
+    #[error("{} is not a recovery run: {reason}", path.display())]
+    NotARun {
+        /// The path given.
+        path: PathBuf,
+        /// What it is instead.
+        reason: &'static str,
+    },
     /// `run.json` is unreadable or of a newer format.
     #[error("{}: {reason}", path.display())]
     BadRunFile {

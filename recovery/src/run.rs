@@ -149,19 +149,34 @@ impl Run {
     pub fn open_existing(dir: impl AsRef<Path>) -> Result<Run, RunError> {
         let given = dir.as_ref();
         let fs: Arc<dyn FileSystem> = Arc::new(RealFs);
+        let not_a_run = |reason: &'static str| RunError::NotARun {
+            path: given.to_owned(),
+            reason,
+        };
         match fs.stat(given) {
             Ok(s) if s.kind == EntryKind::Dir => {}
-            Ok(_) => {
-                return Err(RunError::NotARunDirectory {
-                    path: given.to_owned(),
-                });
-            }
+            Ok(_) => return Err(not_a_run("it is a file, not a directory")),
             Err(e) => return Err(RunError::io("open run directory", given, e)),
         }
-        if fs.stat(&given.join("run.json")).is_err() {
-            return Err(RunError::NotARunDirectory {
-                path: given.to_owned(),
-            });
+        let run_file = given.join("run.json");
+        match fs.stat(&run_file) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let entries = fs
+                    .read_dir(given)
+                    .map_err(|e| RunError::io("list", given, e))?;
+                return Err(if entries.is_empty() {
+                    not_a_run(
+                        "it is empty: no run has been made here yet \
+                         (a program's first Run::open makes one)",
+                    )
+                } else {
+                    RunError::NotARunDirectory {
+                        path: given.to_owned(),
+                    }
+                });
+            }
+            Err(e) => return Err(RunError::io("inspect", &run_file, e)),
         }
         let run = Run::handle(given, fs)?;
         run.check_or_init()?;

@@ -336,10 +336,45 @@ impl StepState {
     }
 
     /// Invalidates the step: removes its marker atomically, under the
-    /// step's lock. Its outputs stay until the step runs again. Returns
-    /// whether there was a marker.
+    /// step's lock (waiting while another process runs the step). Its
+    /// outputs stay until the step runs again. Returns whether there was a
+    /// marker.
     pub fn reset(&self) -> Result<bool, RunError> {
-        let _lock = self.run.lock_step(&self.name)?;
+        let lock = self.run.lock_step(&self.name)?;
+        self.reset_locked(lock)
+    }
+
+    /// [`reset`](Self::reset) without waiting: `None` when another process
+    /// is running the step right now ([`running_pids`](Self::running_pids)
+    /// says which).
+    pub fn try_reset(&self) -> Result<Option<bool>, RunError> {
+        match self.run.try_lock_step(&self.name)? {
+            Some(lock) => self.reset_locked(lock).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The processes with an execution of this step under way (or dead
+    /// without a sweep since), read from the names of its staging
+    /// directories.
+    pub fn running_pids(&self) -> Result<Vec<u32>, RunError> {
+        let staging = self.run.staging_dir();
+        let names = match self.run.fs().read_dir(&staging) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(RunError::io("list", &staging, e)),
+        };
+        let mut pids: Vec<u32> = names
+            .iter()
+            .filter(|n| leftover::execution_step(n) == Some(self.name.as_str()))
+            .filter_map(|n| n.rsplit_once('@')?.1.split_once('.')?.0.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
+    }
+
+    fn reset_locked(&self, _lock: File) -> Result<bool, RunError> {
         let fs = self.run.fs();
         let path = self.run.marker_path(&self.name);
         match fs.remove_file(&path) {

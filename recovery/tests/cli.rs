@@ -243,3 +243,118 @@ fn status_of_an_empty_run() {
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains("no step has completed"));
 }
+
+#[test]
+fn a_closed_stdout_pipe_ends_the_command_quietly() {
+    let tmp = sample();
+    let run = Run::open(tmp.path()).unwrap();
+    // Enough events that the reader is gone before the writer is done.
+    for _ in 0..20_000 {
+        run.log_event(&recovery::Event::StepResumed {
+            step: "fetch".into(),
+        });
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recovery"))
+        .arg("events")
+        .arg(tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, then close the pipe, as `| head -1` does.
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
+#[test]
+fn a_path_that_holds_no_run_is_named_for_what_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = cli(&["status"], &empty);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("it is empty: no run has been made here yet"),
+        "{}",
+        stderr(&o)
+    );
+
+    let file = tmp.path().join("file.txt");
+    std::fs::write(&file, b"x").unwrap();
+    let o = cli(&["status"], &file);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("it is a file, not a directory"),
+        "{}",
+        stderr(&o)
+    );
+
+    std::fs::write(empty.join("thesis.tex"), b"x").unwrap();
+    let o = cli(&["status"], &empty);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("it has files but no run.json"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn events_of_a_bad_step_name_is_a_usage_error() {
+    let tmp = sample();
+    let o = cli(&["events", "--step", "../x"], tmp.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("invalid step name"), "{}", stderr(&o));
+}
+
+#[test]
+fn reset_of_a_running_step_says_whom_it_waits_for_or_does_not_wait() {
+    let tmp = sample();
+    let run = Run::open(tmp.path()).unwrap();
+    // This process is inside the step: it holds the lock.
+    let execution = run.step("fetch").unwrap().begin().unwrap();
+    let o = cli(&["reset", "fetch", "--no-wait"], tmp.path());
+    assert_eq!(o.status.code(), Some(2));
+    let pid = std::process::id().to_string();
+    assert!(
+        stderr(&o).contains(&pid) && stderr(&o).contains("not reset"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        run.step("fetch").unwrap().is_done(&(), 1).unwrap(),
+        "left alone"
+    );
+
+    // Without --no-wait it says whom it waits for, then resets once free.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recovery"))
+        .args(["reset"])
+        .arg(tmp.path())
+        .arg("fetch")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stderr.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(
+        line.contains("waiting for process") && line.contains(&pid),
+        "{line}"
+    );
+    drop(execution);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("reset fetch"), "{}", stdout(&out));
+}

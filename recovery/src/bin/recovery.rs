@@ -13,6 +13,7 @@
 //! Exit status: 0 when all is well, 1 when something in the run is invalid
 //! (`status`, `verify`), 2 on a usage error or a directory that is not a run.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
@@ -65,11 +66,15 @@ enum Command {
         json: bool,
     },
     /// Invalidates one step: its marker is removed, so it runs again.
+    /// Waits (and says so) while another process runs the step.
     Reset {
         /// The run directory.
         run_dir: PathBuf,
         /// The step's name.
         step: String,
+        /// Do not wait for a process running the step: exit 2 at once.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Re-hashes every recorded output and reports mismatches.
     Verify {
@@ -88,18 +93,47 @@ const EVENT_KINDS: &[&str] = &[
     "MARKER_INVALID",
 ];
 
+/// Writes a line to stdout; a closed pipe (`recovery events RUN | head`)
+/// ends the command quietly instead of panicking as `println!` does.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(CliError::Output)?
+    };
+}
+
+/// Why the command stopped early.
+#[derive(Debug)]
+enum CliError {
+    /// The run could not be read or changed.
+    Run(RunError),
+    /// Writing to stdout failed (a closed pipe, a full disk).
+    Output(std::io::Error),
+}
+
+impl From<RunError> for CliError {
+    fn from(e: RunError) -> Self {
+        CliError::Run(e)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,
-        Err(e) => {
+        // The reader went away: as every Unix tool, stop without a word.
+        Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(CliError::Output(e)) => {
+            eprintln!("error: cannot write the output: {e}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Run(e)) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
     }
 }
 
-fn run(command: Command) -> Result<ExitCode, RunError> {
+fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::Status {
             run_dir,
@@ -120,6 +154,9 @@ fn run(command: Command) -> Result<ExitCode, RunError> {
                 );
                 return Ok(ExitCode::from(2));
             }
+            if let Some(s) = &step {
+                recovery::check_step_name(s)?;
+            }
             let run = Run::open_existing(run_dir)?;
             let log = run.events()?;
             for event in log.records.iter().filter(|e| {
@@ -127,9 +164,9 @@ fn run(command: Command) -> Result<ExitCode, RunError> {
                     && step.as_deref().is_none_or(|s| e.subject() == s)
             }) {
                 if json {
-                    println!("{}", to_json(event));
+                    outln!("{}", to_json(event));
                 } else {
-                    println!("{}", describe_event(event));
+                    outln!("{}", describe_event(event));
                 }
             }
             warn_skipped(log.skipped, &run.events_path());
@@ -140,20 +177,46 @@ fn run(command: Command) -> Result<ExitCode, RunError> {
             let log = run.issues()?;
             for issue in &log.records {
                 if json {
-                    println!("{}", to_json(issue));
+                    outln!("{}", to_json(issue));
                 } else {
-                    println!("{}", describe_issue(issue));
+                    outln!("{}", describe_issue(issue));
                 }
             }
             warn_skipped(log.skipped, &run.issues_path());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Reset { run_dir, step } => {
+        Command::Reset {
+            run_dir,
+            step,
+            no_wait,
+        } => {
             let run = Run::open_existing(run_dir)?;
-            if run.step(&step)?.reset()? {
-                println!("reset {step}: it will run again");
+            let state = run.step(&step)?;
+            let had_marker = match state.try_reset()? {
+                Some(had) => had,
+                None => {
+                    let holder = match state.running_pids()?.as_slice() {
+                        [] => "another process".to_owned(),
+                        pids => {
+                            let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                            format!("process {}", pids.join(", "))
+                        }
+                    };
+                    if no_wait {
+                        eprintln!("error: {step} is running in {holder}; not reset (--no-wait)");
+                        return Ok(ExitCode::from(2));
+                    }
+                    eprintln!(
+                        "waiting for {holder}, which is running {step}, to finish \
+                         (Ctrl-C to stop; --no-wait not to wait)"
+                    );
+                    state.reset()?
+                }
+            };
+            if had_marker {
+                outln!("reset {step}: it will run again");
             } else {
-                println!("{step} had no marker: nothing to reset");
+                outln!("{step} had no marker: nothing to reset");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -165,7 +228,7 @@ fn run(command: Command) -> Result<ExitCode, RunError> {
 }
 
 /// Opens an existing run, allowing the places outside it that were named.
-fn open_allowing(run_dir: PathBuf, places: &[PathBuf]) -> Result<Run, RunError> {
+fn open_allowing(run_dir: PathBuf, places: &[PathBuf]) -> Result<Run, CliError> {
     let run = Run::open_existing(run_dir)?;
     for place in places {
         run.allow_outside(place)?;
@@ -173,20 +236,22 @@ fn open_allowing(run_dir: PathBuf, places: &[PathBuf]) -> Result<Run, RunError> 
     Ok(run)
 }
 
-fn status(run: &Run) -> Result<ExitCode, RunError> {
+fn status(run: &Run) -> Result<ExitCode, CliError> {
     let steps = run.steps()?;
     if steps.is_empty() {
-        println!("no step has completed in {}", run.dir().display());
+        outln!("no step has completed in {}", run.dir().display());
         return Ok(ExitCode::SUCCESS);
     }
     let mut invalid = 0;
-    println!(
+    outln!(
         "{:<24} {:<8} {:<26} outputs",
-        "step", "state", "completed (UTC)"
+        "step",
+        "state",
+        "completed (UTC)"
     );
     for name in steps {
         match run.step(&name)?.marker() {
-            Ok(MarkerState::Valid(m)) => println!(
+            Ok(MarkerState::Valid(m)) => outln!(
                 "{:<24} {:<8} {:<26} {} verified",
                 name,
                 "done",
@@ -195,12 +260,12 @@ fn status(run: &Run) -> Result<ExitCode, RunError> {
             ),
             Ok(MarkerState::Invalid(reason)) => {
                 invalid += 1;
-                println!("{name:<24} {:<8} {:<26} {reason}", "INVALID", "-");
+                outln!("{name:<24} {:<8} {:<26} {reason}", "INVALID", "-");
             }
-            Ok(MarkerState::Missing) => println!("{name:<24} {:<8}", "not done"),
+            Ok(MarkerState::Missing) => outln!("{name:<24} {:<8}", "not done"),
             Err(e) => {
                 invalid += 1;
-                println!("{name:<24} {:<8} {:<26} {e}", "ERROR", "-");
+                outln!("{name:<24} {:<8} {:<26} {e}", "ERROR", "-");
             }
         }
     }
@@ -211,7 +276,7 @@ fn status(run: &Run) -> Result<ExitCode, RunError> {
     })
 }
 
-fn verify(run: &Run) -> Result<ExitCode, RunError> {
+fn verify(run: &Run) -> Result<ExitCode, CliError> {
     let places = run.outside_places();
     let (mut steps, mut outputs, mut bad) = (0, 0, 0);
     for name in run.steps()? {
@@ -224,21 +289,21 @@ fn verify(run: &Run) -> Result<ExitCode, RunError> {
                     verify_outputs(&recovery::fs::RealFs, run.dir(), &places, &m, Verify::Hash)
                 {
                     bad += 1;
-                    println!("MISMATCH {name}: {reason}");
+                    outln!("MISMATCH {name}: {reason}");
                 }
             }
             Ok(MarkerState::Invalid(reason)) => {
                 bad += 1;
-                println!("INVALID  {name}: {reason}");
+                outln!("INVALID  {name}: {reason}");
             }
             Ok(MarkerState::Missing) => {}
             Err(e) => {
                 bad += 1;
-                println!("ERROR    {name}: {e}");
+                outln!("ERROR    {name}: {e}");
             }
         }
     }
-    println!("{outputs} outputs of {steps} steps checked, {bad} problems");
+    outln!("{outputs} outputs of {steps} steps checked, {bad} problems");
     Ok(if bad == 0 {
         ExitCode::SUCCESS
     } else {
