@@ -75,6 +75,52 @@ fn sometimes(fail: bool, calls: &mut u32) -> Result<(), String> {
     }
 }
 
+/// A by-value argument whose clones are counted, and which owns a heap
+/// buffer, so each clone also allocates.
+struct Payload(Vec<u8>);
+
+static CLONES: AtomicUsize = AtomicUsize::new(0);
+
+impl Clone for Payload {
+    fn clone(&self) -> Self {
+        CLONES.fetch_add(1, Ordering::SeqCst);
+        Payload(self.0.clone())
+    }
+}
+
+#[retryable(max_attempts = 1)]
+fn send_once(payload: Payload) -> Result<usize, String> {
+    Ok(payload.0.len())
+}
+
+#[retryable(max_attempts = 3, base = "1ms")]
+fn send_flaky(payload: Payload, calls: &mut u32) -> Result<usize, String> {
+    *calls += 1;
+    if *calls < 3 {
+        return Err("try again".into());
+    }
+    Ok(payload.0.len())
+}
+
+/// Each attempt but the last gets a clone; the last gets the original.
+fn by_value_arguments_are_cloned_only_for_attempts_that_may_fail() {
+    let payload = Payload(vec![1, 2, 3]);
+    CLONES.store(0, Ordering::SeqCst);
+    let (r, n) = allocations_during(|| send_once(payload));
+    assert_eq!(r, Ok(3));
+    assert_eq!(CLONES.load(Ordering::SeqCst), 0, "max_attempts = 1 cloned");
+    assert_eq!(n, 0, "max_attempts = 1 allocated");
+
+    let clock = VirtualClock::new();
+    let ctx = Context::builder().virtual_time(&clock).build();
+    CLONES.store(0, Ordering::SeqCst);
+    let mut calls = 0;
+    let r = ctx.in_scope(|| send_flaky(Payload(vec![9; 4]), &mut calls));
+    assert_eq!(r, Ok(4));
+    assert_eq!(calls, 3);
+    assert_eq!(CLONES.load(Ordering::SeqCst), 2, "3 attempts, 2 clones");
+}
+
 fn no_allocation_on_success() {
     // Warm up what the process sets up once (thread-locals, lazies).
     let _ = fetch("warm", 1);
@@ -189,6 +235,7 @@ fn resume_check_allocates_only_for_the_marker() {
 #[test]
 fn happy_path_costs_nothing() {
     no_allocation_on_success();
+    by_value_arguments_are_cloned_only_for_attempts_that_may_fail();
     no_clock_read_on_success_without_deadline();
     no_random_number_on_success();
     resume_check_allocates_only_for_the_marker();
