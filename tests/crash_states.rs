@@ -36,8 +36,14 @@ fn block(len: usize, tag: &str) -> Vec<u8> {
 /// The step under test: a directory output with two files (one over three
 /// 4 KiB blocks), a file output, and a file output outside the run
 /// directory, all written through the seam.
-#[resumable_step("commit-me", key = tag)]
-fn produce(run: &Run, fs: &SimFs, tag: &str, body_runs: &mut u32) -> std::io::Result<u64> {
+#[resumable_step("commit-me", key = (tag, outside))]
+fn produce(
+    run: &Run,
+    fs: &SimFs,
+    tag: &str,
+    outside: bool,
+    body_runs: &mut u32,
+) -> std::io::Result<u64> {
     *body_runs += 1;
     let dir = run.output_dir("data")?;
     // The body's own writes name their path in errors, as a user's should.
@@ -48,8 +54,12 @@ fn produce(run: &Run, fs: &SimFs, tag: &str, body_runs: &mut u32) -> std::io::Re
     write(dir.path().join("a.bin"), &block(10_000, tag))?;
     write(dir.path().join("b.txt"), format!("tag {tag}\n").as_bytes())?;
     run.write_output("report.txt", &block(5_000, &format!("{tag}!")))?;
-    let export = run.output_file_outside(exports(run.dir()).join("export.bin"))?;
-    write(export.path().to_owned(), &block(6_000, &format!("{tag}>")))?;
+    // Without it, nothing syncs the staging directories as a side effect
+    // (the outside journal's write does): the commit must on its own.
+    if outside {
+        let export = run.output_file_outside(exports(run.dir()).join("export.bin"))?;
+        write(export.path().to_owned(), &block(6_000, &format!("{tag}>")))?;
+    }
     Ok(10_000 + tag.len() as u64)
 }
 
@@ -118,11 +128,11 @@ fn open(root: &Path, fs: &Arc<SimFs>) -> Run {
 }
 
 /// What a complete, uninterrupted `produce(tag)` leaves on disk.
-fn reference(tag: &str) -> BTreeMap<PathBuf, Node> {
+fn reference(tag: &str, outside: bool) -> BTreeMap<PathBuf, Node> {
     let sim = sim_root();
     let fs = disk(&sim.root);
     let run = open(&sim.root, &fs);
-    produce(&run, &fs, tag, &mut 0).unwrap();
+    produce(&run, &fs, tag, outside, &mut 0).unwrap();
     outputs(&fs.view(), &sim.root)
 }
 
@@ -133,6 +143,7 @@ fn check_crash_state(
     root: &Path,
     tree: Tree,
     tag: &str,
+    outside: bool,
     expected: &BTreeMap<PathBuf, Node>,
 ) -> Vec<String> {
     let mut violations = Vec::new();
@@ -151,13 +162,13 @@ fn check_crash_state(
         Err(e) => return vec![format!("reopening failed: {e}")],
     };
     run.allow_outside(exports(root)).unwrap();
-    let fp = Fingerprint::of("commit-me", &tag, 1).unwrap();
+    let fp = Fingerprint::of("commit-me", &(tag, outside), 1).unwrap();
     let done_before = matches!(
         run.step("commit-me").unwrap().check(&fp),
         Ok(MarkerState::Valid(_))
     );
     let mut body_runs = 0;
-    match produce(&run, &fs, tag, &mut body_runs) {
+    match produce(&run, &fs, tag, outside, &mut body_runs) {
         Ok(v) if v == 10_000 + tag.len() as u64 => {}
         other => violations.push(format!("the rerun returned {other:?}")),
     }
@@ -180,18 +191,23 @@ fn check_crash_state(
 
 /// Crashes `produce(tag)` after every operation, with `before` run first
 /// (a previous commit to replace), and checks each derived disk state.
-fn explore(before: Option<&str>, tag: &str, random_states: u64) -> (u64, Vec<String>) {
-    let expected = reference(tag);
+fn explore(
+    before: Option<&str>,
+    tag: &str,
+    outside: bool,
+    random_states: u64,
+) -> (u64, Vec<String>) {
+    let expected = reference(tag, outside);
     // How many operations does the step take?
     let total = {
         let sim = sim_root();
         let fs = disk(&sim.root);
         let run = open(&sim.root, &fs);
         if let Some(b) = before {
-            produce(&run, &fs, b, &mut 0).unwrap();
+            produce(&run, &fs, b, outside, &mut 0).unwrap();
         }
         let start = fs.ops();
-        produce(&run, &fs, tag, &mut 0).unwrap();
+        produce(&run, &fs, tag, outside, &mut 0).unwrap();
         fs.ops() - start
     };
     let (mut states, mut violations) = (0, Vec::new());
@@ -200,16 +216,16 @@ fn explore(before: Option<&str>, tag: &str, random_states: u64) -> (u64, Vec<Str
         let fs = disk(&sim.root);
         let run = open(&sim.root, &fs);
         if let Some(b) = before {
-            produce(&run, &fs, b, &mut 0).unwrap();
+            produce(&run, &fs, b, outside, &mut 0).unwrap();
         }
         fs.crash_after(k);
-        let _ = produce(&run, &fs, tag, &mut 0);
+        let _ = produce(&run, &fs, tag, outside, &mut 0);
         drop(run);
         let mut survivals = vec![Survival::AllLost, Survival::AllKept];
         survivals.extend((0..random_states).map(|i| Survival::Random(k * 1_000_003 + i)));
         for survival in survivals {
             let tree = fs.crash_state(survival);
-            for v in check_crash_state(&sim.root, tree, tag, &expected) {
+            for v in check_crash_state(&sim.root, tree, tag, outside, &expected) {
                 violations.push(format!("crash after op {k}/{total}, {survival:?}: {v}"));
             }
             states += 1;
@@ -221,9 +237,15 @@ fn explore(before: Option<&str>, tag: &str, random_states: u64) -> (u64, Vec<Str
 #[test]
 fn crash_state_exploration() {
     let random = if torture() { 400 } else { 40 };
-    let (a, mut violations) = explore(None, "first", random);
-    let (b, v) = explore(Some("old"), "new", random);
+    let (a, mut violations) = explore(None, "first", true, random);
+    let (b, v) = explore(Some("old"), "new", true, random);
     violations.extend(v);
+    // Every output inside the run: no outside journal syncs anything.
+    let (c, v) = explore(None, "first", false, random);
+    violations.extend(v);
+    let (d, v) = explore(Some("old"), "new", false, random);
+    violations.extend(v);
+    let (a, b) = (a + c, b + d);
     report("crash_states_checked", a + b);
     report("crash_state_violations", violations.len());
     assert!(
@@ -237,13 +259,13 @@ fn crash_state_exploration() {
 
 #[test]
 fn injected_io_errors_at_every_operation() {
-    let expected = reference("faulty");
+    let expected = reference("faulty", true);
     let total = {
         let sim = sim_root();
         let fs = disk(&sim.root);
         let run = open(&sim.root, &fs);
         let start = fs.ops();
-        produce(&run, &fs, "faulty", &mut 0).unwrap();
+        produce(&run, &fs, "faulty", true, &mut 0).unwrap();
         fs.ops() - start
     };
     let (mut injected, mut failed_visibly) = (0u64, 0u64);
@@ -260,7 +282,7 @@ fn injected_io_errors_at_every_operation() {
                     errno,
                     mode,
                 });
-                let result = produce(&run, &fs, "faulty", &mut 0);
+                let result = produce(&run, &fs, "faulty", true, &mut 0);
                 let calls = fs.calls();
                 fs.heal();
                 let case = format!("{name} {mode:?} at op {n}/{total}");
@@ -274,7 +296,7 @@ fn injected_io_errors_at_every_operation() {
                     if !text.contains(&std::io::Error::from_raw_os_error(errno).to_string()) {
                         violations.push(format!("{case}: the error hides the cause: {text}"));
                     }
-                    let fp = Fingerprint::of("commit-me", &"faulty", 1).unwrap();
+                    let fp = Fingerprint::of("commit-me", &("faulty", true), 1).unwrap();
                     let state = run.step("commit-me").unwrap().check(&fp);
                     // With every later operation failing, a marker that was
                     // renamed into place cannot be taken back; it must then
@@ -298,7 +320,7 @@ fn injected_io_errors_at_every_operation() {
                 if !left.is_empty() {
                     violations.push(format!("{case}: staging garbage after reopening: {left:?}"));
                 }
-                match produce(&run, &fs, "faulty", &mut 0) {
+                match produce(&run, &fs, "faulty", true, &mut 0) {
                     Ok(_) if outputs(&fs.view(), &sim.root) == expected => {}
                     other => violations.push(format!("{case}: the rerun gave {other:?}")),
                 }
