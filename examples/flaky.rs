@@ -76,6 +76,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .parse()
                     .map_err(|_| format!("--drops needs a whole number, not {value:?}"))?;
             }
+            "-h" | "--help" => {
+                println!(
+                    "flaky: one retried call to a loopback server that drops connections\n\n\
+                     usage: cargo run --example flaky -- [--drops N]\n\n\
+                     --drops N   connections the server drops before it answers (default 3)"
+                );
+                return Ok(());
+            }
             other => return Err(format!("unknown argument {other:?}; try --drops N").into()),
         }
     }

@@ -503,3 +503,73 @@ fn async_retryable_futures_are_send() {
     let fut = client.push(&[]);
     assert_send(&fut);
 }
+
+mod any_error_type {
+    //! Error types without `Display` are taken as backon and tenacity take
+    //! them: the text comes from `Debug`, else from the type's name.
+    use recovery::{Context, Event, Recorder, VirtualClock, retryable};
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    pub struct DebugOnly {
+        pub code: u16,
+    }
+
+    pub struct Nothing;
+
+    pub type Result<T> = std::result::Result<T, DebugOnly>;
+
+    #[retryable(max_attempts = 2, base = "1ms")]
+    fn debug_only() -> Result<()> {
+        Err(DebugOnly { code: 503 })
+    }
+
+    #[retryable(max_attempts = 2, base = "1ms")]
+    fn unit_error() -> std::result::Result<u8, ()> {
+        Err(())
+    }
+
+    #[retryable(max_attempts = 2, base = "1ms")]
+    fn no_text_at_all() -> std::result::Result<u8, Nothing> {
+        Err(Nothing)
+    }
+
+    #[retryable(max_attempts = 2, base = "1ms")]
+    async fn debug_only_async() -> Result<()> {
+        Err(DebugOnly { code: 429 })
+    }
+
+    fn first_error(f: impl FnOnce()) -> String {
+        let recorder = Arc::new(Recorder::default());
+        let ctx = Context::builder()
+            .virtual_time(&VirtualClock::new())
+            .observer(recorder.clone())
+            .build();
+        ctx.in_scope(f);
+        match &recorder.events()[0] {
+            Event::RetryAttempted { error, .. } => error.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_text_comes_from_debug_else_the_type_name() {
+        assert_eq!(
+            first_error(|| assert!(debug_only().is_err())),
+            "DebugOnly { code: 503 }"
+        );
+        assert_eq!(first_error(|| assert!(unit_error().is_err())), "()");
+        let name = first_error(|| assert!(no_text_at_all().is_err()));
+        assert!(name.contains("any_error_type::Nothing"), "{name}");
+        let text = first_error(|| {
+            let fut = debug_only_async();
+            let out = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(fut);
+            assert!(out.is_err());
+        });
+        assert_eq!(text, "DebugOnly { code: 429 }");
+    }
+}

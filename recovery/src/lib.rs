@@ -25,12 +25,37 @@
 //! assert_eq!(tries, 3);
 //! ```
 //!
+//! And it runs the steps of a pipeline once: a step whose outputs are
+//! committed is not run again after a crash or on the next run, and a
+//! half-written output never counts as done:
+//!
+//! ```
+//! use recovery::{Run, resumable_step};
+//!
+//! #[resumable_step("count", key = text)]
+//! fn count_words(run: &Run, text: &str) -> std::io::Result<usize> {
+//!     let n = text.split_whitespace().count();
+//!     // Staged, then moved into place with the marker: all or nothing.
+//!     run.write_output("counts/words.txt", n.to_string().as_bytes())?;
+//!     Ok(n)
+//! }
+//!
+//! let tmp = tempfile::tempdir()?;
+//! let run = Run::open(tmp.path().join("run"))?;   // the run directory
+//! assert_eq!(count_words(&run, "a b c")?, 3);    // runs, commits
+//! assert_eq!(count_words(&run, "a b c")?, 3);    // resumed from its marker
+//! assert!(run.step("count")?.is_done(&"a b c", 1)?);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! - [`retryable`] turns a function into a retrying one; every bad
 //!   configuration is a compile error that says what to write instead.
 //! - [`RetryPolicy`] and [`Backoff`] are the same policies as values, for
 //!   [`retry`] / [`retry_async`] or your own loop.
 //! - [`Classify`] lets an error say whether it is transient and how long to
 //!   wait; it is implemented for [`std::io::Error`].
+//! - [`resumable_step`] and [`Run`] make a function a step of a run
+//!   directory: resumed when done, its outputs committed atomically.
 //! - [`Context`] routes [`Event`]s and [`IssueRecord`]s to an [`Observer`],
 //!   and offers virtual time ([`VirtualClock`]) for tests.
 //!
@@ -109,7 +134,8 @@ pub use step::{
 /// # What it accepts
 /// Sync and `async` free functions, inherent methods and trait-impl methods
 /// returning `Result<T, E>` (or an alias named `Result`, such as
-/// `io::Result<T>`), with `E: Display`. `&self`, `&mut self`, `&mut`
+/// `io::Result<T>`), with any error type `E`: events carry its `Display`
+/// text, else its `Debug` text, else its type's name. `&self`, `&mut self`, `&mut`
 /// arguments, generics, `impl Trait` arguments, `?` and early `return` all
 /// work: the body runs again in a loop inside the function. Each attempt
 /// gets a clone of every by-value argument (the last attempt gets the
@@ -240,20 +266,66 @@ pub mod __private {
         future
     }
 
-    /// The error as the text that events and issue records carry.
-    #[inline(always)]
-    pub fn error_text<E: RetryError>(error: &E) -> &dyn core::fmt::Display {
-        error
+    /// The error as the text that events and issue records carry, chosen at
+    /// the expansion site by autoref specialization: its `Display` where it
+    /// has one, else its `Debug`, else its type's name. No trait bound.
+    pub struct ErrorText<'a, E>(pub &'a E);
+
+    /// Text for an error, however it can be written.
+    pub enum Text<'a> {
+        /// Through `Display`.
+        Display(&'a dyn core::fmt::Display),
+        /// Through `Debug`.
+        Debug(&'a dyn core::fmt::Debug),
+        /// Neither: the type's name.
+        Name(&'static str),
     }
 
-    /// The bound on error types, with a message that says why.
-    #[diagnostic::on_unimplemented(
-        message = "the error type `{Self}` must implement `Display` for #[retryable]",
-        label = "its text goes into RETRY_ATTEMPTED events and issue records",
-        note = "implement `std::fmt::Display` for it (thiserror's `#[error(...)]` does)"
-    )]
-    pub trait RetryError: core::fmt::Display {}
-    impl<T: core::fmt::Display> RetryError for T {}
+    impl core::fmt::Display for Text<'_> {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            match self {
+                Text::Display(e) => e.fmt(f),
+                Text::Debug(e) => write!(f, "{e:?}"),
+                Text::Name(name) => write!(f, "an error of type {name}"),
+            }
+        }
+    }
+
+    /// First choice: `Display` (the most references, found first).
+    pub trait ViaDisplay<'a> {
+        /// The text.
+        fn __recovery_error_text(&self) -> Text<'a>;
+    }
+    impl<'a, E: core::fmt::Display> ViaDisplay<'a> for &&ErrorText<'a, E> {
+        #[inline(always)]
+        fn __recovery_error_text(&self) -> Text<'a> {
+            Text::Display(self.0)
+        }
+    }
+
+    /// Second choice: `Debug`.
+    pub trait ViaDebug<'a> {
+        /// The text.
+        fn __recovery_error_text(&self) -> Text<'a>;
+    }
+    impl<'a, E: core::fmt::Debug> ViaDebug<'a> for &ErrorText<'a, E> {
+        #[inline(always)]
+        fn __recovery_error_text(&self) -> Text<'a> {
+            Text::Debug(self.0)
+        }
+    }
+
+    /// Last resort: the type's name.
+    pub trait ViaName<'a> {
+        /// The text.
+        fn __recovery_error_text(&self) -> Text<'a>;
+    }
+    impl<'a, E> ViaName<'a> for ErrorText<'a, E> {
+        #[inline(always)]
+        fn __recovery_error_text(&self) -> Text<'a> {
+            Text::Name(core::any::type_name::<E>())
+        }
+    }
 
     /// The default classifier: every error is transient.
     #[inline(always)]

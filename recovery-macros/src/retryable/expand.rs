@@ -109,9 +109,15 @@ pub fn generate_fn(
         ),
         None => quote!(#p::always_retry(&__recovery_error)),
     };
-    // Spanned at the return type, so an error type without `Display` is
-    // reported there.
-    let error_text = respan(quote!(#p::error_text(&__recovery_error)), ret.span());
+    // Any error type: its text comes from Display, else Debug, else its
+    // type's name.
+    let error_text = quote! {
+        let __recovery_text = {
+            #[allow(unused_imports)]
+            use #p::{ViaDebug as _, ViaDisplay as _, ViaName as _};
+            (&&&#p::ErrorText(&__recovery_error)).__recovery_error_text()
+        };
+    };
 
     let Arguments { slots, binds } = rebind_arguments(&mut func, &p);
     let last = if slots.is_empty() {
@@ -152,7 +158,8 @@ pub fn generate_fn(
                     }
                     #p::Err(__recovery_error) => {
                         let __recovery_decision = #classify;
-                        match __recovery_retrier.retry_async(#error_text, __recovery_decision) {
+                        #error_text
+                        match __recovery_retrier.retry_async(&__recovery_text, __recovery_decision) {
                             #p::Some(__recovery_sleep) => __recovery_sleep,
                             #p::None => {
                                 #on_give_up
@@ -176,7 +183,8 @@ pub fn generate_fn(
                     }
                     #p::Err(__recovery_error) => {
                         let __recovery_decision = #classify;
-                        if !__recovery_retrier.retry_blocking(#error_text, __recovery_decision) {
+                        #error_text
+                        if !__recovery_retrier.retry_blocking(&__recovery_text, __recovery_decision) {
                             #on_give_up
                             return #p::Err(__recovery_error);
                         }
