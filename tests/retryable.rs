@@ -512,6 +512,7 @@ mod any_error_type {
 
     #[derive(Debug)]
     pub struct DebugOnly {
+        #[expect(dead_code, reason = "read only through Debug, which is the point")]
         pub code: u16,
     }
 
