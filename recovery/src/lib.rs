@@ -97,8 +97,8 @@ pub use policy::{DEFAULT_MAX_ATTEMPTS, RetryPolicy};
 pub use retry::{Retrier, retry, retry_async};
 pub use run::{LOG_LIMIT, LogRead, RUN_FORMAT, Run, parse_log};
 pub use step::{
-    Fingerprint, StagedOutput, StepDef, StepExecution, StepResult, StepState, run_step,
-    run_step_async,
+    Fingerprint, StagedOutput, StepDef, StepError, StepExecution, StepKey, StepResult, StepState,
+    run_step, run_step_async,
 };
 
 /// Retries a function when it returns `Err`.
@@ -215,8 +215,8 @@ pub mod __private {
     pub use crate::retry::Retrier;
     pub use crate::run::Run;
     pub use crate::step::{
-        Fingerprint, StepDef, discard_attempt_outputs, record_attempts, run_step, run_step_async,
-        step_error,
+        Fingerprint, StepDef, discard_attempt_outputs, fingerprint, record_attempts, run_step,
+        run_step_async, step_error,
     };
 
     /// The `&Run` behind whatever `run = ...` names (a `Run`, a `&Run`, an

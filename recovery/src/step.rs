@@ -909,6 +909,35 @@ fn record(
     Ok(())
 }
 
+/// A step function's error type: it must carry a [`RunError`] (the step
+/// fails with one when its outputs cannot be committed) and have a text.
+#[diagnostic::on_unimplemented(
+    message = "the error type `{Self}` of a #[resumable_step] must implement `From<recovery::RunError>` and `Display`",
+    label = "a step fails with a RunError when its outputs cannot be committed, so its error type must hold one",
+    note = "add `impl From<recovery::RunError> for {Self}` (e.g. a variant `Run(recovery::RunError)`), or return `std::io::Result` / `anyhow::Result`, which have it"
+)]
+pub trait StepError: From<RunError> + Display {}
+impl<E: From<RunError> + Display> StepError for E {}
+
+/// A step's key: serialised into its fingerprint.
+#[diagnostic::on_unimplemented(
+    message = "the key `{Self}` of a #[resumable_step] must implement `serde::Serialize`",
+    label = "the key is serialised (as JSON) into the step's fingerprint",
+    note = "derive `serde::Serialize` for it, or key the step on values that have it (strings, numbers, tuples of them)"
+)]
+pub trait StepKey: Serialize {}
+impl<K: Serialize + ?Sized> StepKey for K {}
+
+/// What `#[resumable_step]` fingerprints its key with: [`Fingerprint::of`]
+/// with a bound that names the key when it is not serialisable.
+pub fn fingerprint<K: StepKey + ?Sized>(
+    step: &str,
+    key: &K,
+    version: u32,
+) -> Result<Fingerprint, RunError> {
+    Fingerprint::of(step, key, version)
+}
+
 /// A step function's return type: `Result<T, E>` with a serialisable `T`
 /// and an `E` that can carry a [`RunError`].
 #[diagnostic::on_unimplemented(
@@ -930,7 +959,7 @@ pub trait StepResult: Sized {
 impl<T, E> StepResult for Result<T, E>
 where
     T: Serialize + DeserializeOwned,
-    E: From<RunError> + Display,
+    E: StepError,
 {
     type Value = T;
     type Error = E;

@@ -174,6 +174,13 @@ fn generate(
         Some(expr) => quote!((#expr)),
         None => quote!(()),
     };
+    // Spanned at the key, so a key that is not serialisable is named there.
+    let fingerprint = match &args.key {
+        Some(expr) => {
+            crate::function::respan(quote!(#p::fingerprint(#name, &#key, #version)), expr.span())
+        }
+        None => quote!(#p::fingerprint(#name, &#key, #version)),
+    };
     let fn_name = func.sig.ident.to_string();
     let body = &func.block;
     let call = if func.sig.asyncness.is_some() {
@@ -203,7 +210,7 @@ fn generate(
         // An owned handle, so the body may borrow what the Run came from.
         let __recovery_step_run: #p::Run = #p::Clone::clone(#p::borrow_run(&(#run)));
         // Fingerprinted before the body takes its arguments.
-        let __recovery_step_key = #p::Fingerprint::of(#name, &#key, #version);
+        let __recovery_step_key = #fingerprint;
         #call
     }};
     match syn::parse2(block) {
