@@ -62,6 +62,12 @@ impl Event {
         }
     }
 
+    /// Whether the event is about a step (its [`subject`](Self::subject)
+    /// is a step's name), not a retried operation.
+    pub fn is_step_event(&self) -> bool {
+        !matches!(self, Event::RetryAttempted { .. })
+    }
+
     /// The kind as written in logs: `"RETRY_ATTEMPTED"`, ...
     pub fn kind(&self) -> &'static str {
         match self {

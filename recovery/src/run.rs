@@ -200,6 +200,61 @@ impl Run {
             .collect())
     }
 
+    /// Every step this run knows of, sorted: those with a marker, a lock
+    /// file, a staging directory (running, or dead mid-step), or a mention
+    /// in the event or issue log (failed, reset, or not yet done). Reads
+    /// only; creates nothing.
+    pub fn known_steps(&self) -> Result<Vec<String>, RunError> {
+        let mut names: std::collections::BTreeSet<String> = self.steps()?.into_iter().collect();
+        let fs = self.fs();
+        let list = |dir: &Path| match fs.read_dir(dir) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(RunError::io("list", dir, e)),
+        };
+        for name in list(&self.locks_dir())? {
+            if let Some(step) = name.strip_suffix(".lock") {
+                names.insert(step.to_owned());
+            }
+        }
+        for name in list(&self.staging_dir())? {
+            if let Some(step) = execution_step(&name) {
+                names.insert(step.to_owned());
+            }
+        }
+        for event in self.events()?.records {
+            if event.is_step_event() {
+                names.insert(event.subject().to_owned());
+            }
+        }
+        for issue in self.issues()?.records {
+            if issue.error_code == crate::issue::IssueCode::StepFailed {
+                names.insert(issue.operation);
+            }
+        }
+        Ok(names
+            .into_iter()
+            .filter(|n| check_step_name(n).is_ok())
+            .collect())
+    }
+
+    /// Whether a process holds the step's lock right now (it is running
+    /// the step). Reads only: a step that never ran has no lock file.
+    pub fn is_running(&self, step: &str) -> Result<bool, RunError> {
+        check_step_name(step)?;
+        let path = self.locks_dir().join(format!("{step}.lock"));
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(RunError::io("open lock", path, e)),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(false),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+            Err(std::fs::TryLockError::Error(e)) => Err(RunError::io("lock", path, e)),
+        }
+    }
+
     /// Makes sure the directory is a run (or empty, and makes it one).
     ///
     /// Several processes may create one run at once: each writes the same

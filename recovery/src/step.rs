@@ -210,6 +210,11 @@ impl StepState {
         &self.name
     }
 
+    /// Where the step's marker lives.
+    pub fn marker_path(&self) -> PathBuf {
+        self.run.marker_path(&self.name)
+    }
+
     /// The marker as it is on disk, its outputs verified (hashed), the
     /// fingerprint not compared (what `recovery status` shows).
     pub fn marker(&self) -> Result<MarkerState, RunError> {

@@ -358,3 +358,77 @@ fn reset_of_a_running_step_says_whom_it_waits_for_or_does_not_wait() {
     assert_eq!(out.status.code(), Some(0));
     assert!(stdout(&out).contains("reset fetch"), "{}", stdout(&out));
 }
+
+#[test]
+fn status_shows_every_step_the_run_knows_of() {
+    let tmp = sample();
+    let run = Run::open(tmp.path()).unwrap();
+    assert!(run.step("fetch").unwrap().reset().unwrap());
+    // This process is inside a step that has never completed.
+    let running = run.step("crawl").unwrap().begin().unwrap();
+
+    let o = cli(&["status", "--json"], tmp.path());
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let state = |step: &str| {
+        lines
+            .iter()
+            .find(|l| l["step"] == step)
+            .unwrap_or_else(|| panic!("{step} missing from {lines:?}"))
+            .clone()
+    };
+    assert_eq!(
+        state("fetch")["state"],
+        "not done",
+        "a reset step stays listed"
+    );
+    assert_eq!(state("doomed")["state"], "failed");
+    assert_eq!(state("doomed")["detail"], "bad input file");
+    assert_eq!(state("crawl")["state"], "running");
+    let pid = std::process::id().to_string();
+    assert!(state("crawl")["detail"].as_str().unwrap().contains(&pid));
+    assert_eq!(o.status.code(), Some(0));
+
+    // The table says the same.
+    let text = stdout(&cli(&["status"], tmp.path()));
+    assert!(text.contains("doomed") && text.contains("failed"), "{text}");
+    assert!(text.contains("crawl") && text.contains("running"), "{text}");
+    drop(running);
+}
+
+#[test]
+fn every_subcommand_speaks_json() {
+    let tmp = sample();
+    let parse = |o: &Output| -> Vec<serde_json::Value> {
+        stdout(o)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect()
+    };
+    std::fs::write(tmp.path().join("data/fetched.txt"), b"PAYLOAD").unwrap();
+    let o = cli(&["verify", "--json"], tmp.path());
+    assert_eq!(o.status.code(), Some(1));
+    let lines = parse(&o);
+    assert_eq!(lines[0]["step"], "fetch");
+    assert_eq!(lines[0]["state"], "MISMATCH");
+    assert_eq!(lines[1]["problems"], 1);
+
+    let o = cli(&["reset", "fetch", "--json"], tmp.path());
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        parse(&o),
+        [serde_json::json!({"step": "fetch", "reset": true})]
+    );
+    let o = cli(&["reset", "fetch", "--json"], tmp.path());
+    assert_eq!(
+        parse(&o),
+        [serde_json::json!({"step": "fetch", "reset": false})]
+    );
+
+    for command in ["status", "events", "issues"] {
+        let o = cli(&[command, "--json"], tmp.path());
+        assert!(!parse(&o).is_empty(), "{command}");
+    }
+}

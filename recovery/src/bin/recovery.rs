@@ -1,10 +1,10 @@
 //! `recovery`: inspect and repair run directories.
 //!
-//!     recovery status RUN_DIR [--allow-outside DIR]...   each step: done or not, when, outputs verified
+//!     recovery status RUN_DIR [--allow-outside DIR]... [--json]   every step: done, running, failed, not done
 //!     recovery events RUN_DIR [--type T] [--step S] [--json]
 //!     recovery issues RUN_DIR [--json]
-//!     recovery reset RUN_DIR STEP         invalidate one step (atomically)
-//!     recovery verify RUN_DIR [--allow-outside DIR]...   re-hash every recorded output
+//!     recovery reset RUN_DIR STEP [--no-wait] [--json]   invalidate one step (atomically)
+//!     recovery verify RUN_DIR [--allow-outside DIR]... [--json]   re-hash every recorded output
 //!
 //! Outputs that steps placed outside the run directory are read only under
 //! the places named with `--allow-outside`, as the program that ran the
@@ -20,7 +20,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use recovery::marker::{MarkerState, Verify, verify_outputs};
-use recovery::{Event, IssueRecord, Run, RunError};
+use recovery::{Event, IssueCode, IssueRecord, Run, RunError};
 
 #[derive(Parser)]
 #[command(
@@ -35,13 +35,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Each step with a marker: done or not, when, outputs verified against the manifest.
+    /// Every step the run knows of: done (outputs verified), running, failed or not done.
     Status {
         /// The run directory.
         run_dir: PathBuf,
         /// A directory outside the run where steps placed outputs (repeatable).
         #[arg(long, value_name = "DIR")]
         allow_outside: Vec<PathBuf>,
+        /// One JSON object per step.
+        #[arg(long)]
+        json: bool,
     },
     /// The event log, oldest first.
     Events {
@@ -75,6 +78,9 @@ enum Command {
         /// Do not wait for a process running the step: exit 2 at once.
         #[arg(long)]
         no_wait: bool,
+        /// Say what was done as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-hashes every recorded output and reports mismatches.
     Verify {
@@ -83,6 +89,9 @@ enum Command {
         /// A directory outside the run where steps placed outputs (repeatable).
         #[arg(long, value_name = "DIR")]
         allow_outside: Vec<PathBuf>,
+        /// One JSON object per step with a marker, then a total.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -138,7 +147,8 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Status {
             run_dir,
             allow_outside,
-        } => status(&open_allowing(run_dir, &allow_outside)?),
+            json,
+        } => status(&open_allowing(run_dir, &allow_outside)?, json),
         Command::Events {
             run_dir,
             kind,
@@ -189,6 +199,7 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
             run_dir,
             step,
             no_wait,
+            json,
         } => {
             let run = Run::open_existing(run_dir)?;
             let state = run.step(&step)?;
@@ -213,7 +224,12 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
                     state.reset()?
                 }
             };
-            if had_marker {
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({ "step": step, "reset": had_marker })
+                );
+            } else if had_marker {
                 outln!("reset {step}: it will run again");
             } else {
                 outln!("{step} had no marker: nothing to reset");
@@ -223,7 +239,8 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Verify {
             run_dir,
             allow_outside,
-        } => verify(&open_allowing(run_dir, &allow_outside)?),
+            json,
+        } => verify(&open_allowing(run_dir, &allow_outside)?, json),
     }
 }
 
@@ -236,38 +253,103 @@ fn open_allowing(run_dir: PathBuf, places: &[PathBuf]) -> Result<Run, CliError> 
     Ok(run)
 }
 
-fn status(run: &Run) -> Result<ExitCode, CliError> {
-    let steps = run.steps()?;
-    if steps.is_empty() {
-        outln!("no step has completed in {}", run.dir().display());
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut invalid = 0;
-    outln!(
-        "{:<24} {:<8} {:<26} outputs",
-        "step",
-        "state",
-        "completed (UTC)"
-    );
-    for name in steps {
-        match run.step(&name)?.marker() {
-            Ok(MarkerState::Valid(m)) => outln!(
-                "{:<24} {:<8} {:<26} {} verified",
-                name,
-                "done",
-                when(m.completed_at_ms),
-                m.outputs.len()
-            ),
-            Ok(MarkerState::Invalid(reason)) => {
-                invalid += 1;
-                outln!("{name:<24} {:<8} {:<26} {reason}", "INVALID", "-");
-            }
-            Ok(MarkerState::Missing) => outln!("{name:<24} {:<8}", "not done"),
-            Err(e) => {
-                invalid += 1;
-                outln!("{name:<24} {:<8} {:<26} {e}", "ERROR", "-");
+/// One step's line of `recovery status`.
+#[derive(serde::Serialize)]
+struct StepStatus {
+    step: String,
+    /// `done`, `running`, `failed`, `not done`, `INVALID` or `ERROR`.
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completed_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outputs: Option<usize>,
+    /// Why it is invalid, the failure's last error, or who runs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+fn step_status(run: &Run, name: &str, issues: &[IssueRecord]) -> Result<StepStatus, RunError> {
+    let state = run.step(name)?;
+    let mut status = StepStatus {
+        step: name.to_owned(),
+        state: "not done",
+        completed_at_ms: None,
+        outputs: None,
+        detail: None,
+    };
+    match state.marker() {
+        Ok(MarkerState::Valid(m)) => {
+            status.state = "done";
+            status.completed_at_ms = Some(m.completed_at_ms);
+            status.outputs = Some(m.outputs.len());
+        }
+        Ok(MarkerState::Invalid(reason)) => {
+            status.state = "INVALID";
+            status.detail = Some(reason);
+        }
+        Ok(MarkerState::Missing) => {
+            // The last STEP_FAILED record, unless it is running again now.
+            if let Some(failed) = issues
+                .iter()
+                .rev()
+                .find(|i| i.operation == name && i.error_code == IssueCode::StepFailed)
+            {
+                status.state = "failed";
+                status.detail = Some(failed.last_error.clone());
             }
         }
+        Err(e) => {
+            status.state = "ERROR";
+            status.detail = Some(e.to_string());
+        }
+    }
+    if status.state != "done" && run.is_running(name)? {
+        status.state = "running";
+        let pids: Vec<String> = state.running_pids()?.iter().map(u32::to_string).collect();
+        status.detail = Some(if pids.is_empty() {
+            "its lock is held".to_owned()
+        } else {
+            format!("by process {}", pids.join(", "))
+        });
+    }
+    Ok(status)
+}
+
+fn status(run: &Run, json: bool) -> Result<ExitCode, CliError> {
+    let steps = run.known_steps()?;
+    let issues = run.issues()?.records;
+    let mut invalid = 0;
+    if steps.is_empty() && !json {
+        outln!(
+            "no step has completed (none has run) in {}",
+            run.dir().display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json {
+        outln!(
+            "{:<24} {:<9} {:<26} outputs",
+            "step",
+            "state",
+            "completed (UTC)"
+        );
+    }
+    for name in steps {
+        let status = step_status(run, &name, &issues)?;
+        if matches!(status.state, "INVALID" | "ERROR") {
+            invalid += 1;
+        }
+        if json {
+            outln!("{}", to_json(&status));
+            continue;
+        }
+        let completed = status.completed_at_ms.map_or_else(|| "-".to_owned(), when);
+        let last = match (status.outputs, &status.detail) {
+            (Some(n), _) => format!("{n} verified"),
+            (None, Some(detail)) => detail.clone(),
+            (None, None) => String::new(),
+        };
+        outln!("{name:<24} {:<9} {completed:<26} {last}", status.state);
     }
     Ok(if invalid == 0 {
         ExitCode::SUCCESS
@@ -276,34 +358,45 @@ fn status(run: &Run) -> Result<ExitCode, CliError> {
     })
 }
 
-fn verify(run: &Run) -> Result<ExitCode, CliError> {
+fn verify(run: &Run, json: bool) -> Result<ExitCode, CliError> {
     let places = run.outside_places();
     let (mut steps, mut outputs, mut bad) = (0, 0, 0);
     for name in run.steps()? {
-        let path = run.marker_path(&name);
-        match recovery::marker::read(&recovery::fs::RealFs, &path) {
+        // The same step-name check as `status`: both read markers alike.
+        let path = run.step(&name)?.marker_path();
+        let (state, detail) = match recovery::marker::read(&recovery::fs::RealFs, &path) {
             Ok(MarkerState::Valid(m)) => {
                 steps += 1;
                 outputs += m.outputs.len();
-                if let Err(reason) =
-                    verify_outputs(&recovery::fs::RealFs, run.dir(), &places, &m, Verify::Hash)
-                {
-                    bad += 1;
-                    outln!("MISMATCH {name}: {reason}");
+                match verify_outputs(&recovery::fs::RealFs, run.dir(), &places, &m, Verify::Hash) {
+                    Ok(()) => ("ok", None),
+                    Err(reason) => ("MISMATCH", Some(reason)),
                 }
             }
-            Ok(MarkerState::Invalid(reason)) => {
-                bad += 1;
-                outln!("INVALID  {name}: {reason}");
-            }
-            Ok(MarkerState::Missing) => {}
-            Err(e) => {
-                bad += 1;
-                outln!("ERROR    {name}: {e}");
-            }
+            Ok(MarkerState::Invalid(reason)) => ("INVALID", Some(reason)),
+            Ok(MarkerState::Missing) => continue,
+            Err(e) => ("ERROR", Some(e.to_string())),
+        };
+        if state != "ok" {
+            bad += 1;
+        }
+        if json {
+            outln!(
+                "{}",
+                serde_json::json!({ "step": name, "state": state, "detail": detail })
+            );
+        } else if let Some(detail) = detail {
+            outln!("{state:<8} {name}: {detail}");
         }
     }
-    outln!("{outputs} outputs of {steps} steps checked, {bad} problems");
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({ "outputs": outputs, "steps": steps, "problems": bad })
+        );
+    } else {
+        outln!("{outputs} outputs of {steps} steps checked, {bad} problems");
+    }
     Ok(if bad == 0 {
         ExitCode::SUCCESS
     } else {
