@@ -607,14 +607,13 @@ fn the_marker_is_written_last_after_every_output_is_durable() {
     assert_eq!(ops[marker_rename + 1].1, f.dir.join("state/steps"));
 }
 
-#[test]
-fn a_writer_killed_mid_write_leaves_nothing_that_counts() {
-    let f = fixture();
-    let started = f.dir.with_file_name("started");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_step-child"))
+/// A child process inside the step `slow-write`, once it has begun writing
+/// its 64 MiB output.
+fn slow_writer_started(dir: &Path, started: &Path) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_step-child"))
         .args(["slow-write"])
-        .arg(&f.dir)
-        .arg(&started)
+        .arg(dir)
+        .arg(started)
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -625,6 +624,14 @@ fn a_writer_killed_mid_write_leaves_nothing_that_counts() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    child
+}
+
+#[test]
+fn a_writer_killed_mid_write_leaves_nothing_that_counts() {
+    let f = fixture();
+    let started = f.dir.with_file_name("started");
+    let mut child = slow_writer_started(&f.dir, &started);
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
     assert!(!status.success());
@@ -668,20 +675,7 @@ fn quick_write(run: &Run) -> std::io::Result<u64> {
 fn a_worker_that_takes_over_a_killed_workers_step_sweeps_its_staging() {
     let f = fixture();
     let started = f.dir.with_file_name("started");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_step-child"))
-        .args(["slow-write"])
-        .arg(&f.dir)
-        .arg(&started)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !started.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the child never started writing"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut child = slow_writer_started(&f.dir, &started);
     // Opened while the child holds the step: its staging is left alone.
     let run = Run::open(&f.dir).unwrap();
     assert_eq!(std::fs::read_dir(f.dir.join("staging")).unwrap().count(), 1);
