@@ -17,13 +17,21 @@ pub(crate) fn execution_name(step: &str, pid: u32, n: u64) -> String {
     format!("{step}@{pid}.{n}")
 }
 
-/// The step whose execution staged into `name`, if `name` is a staging
-/// directory name ([`execution_name`]) with a valid step name.
-pub(crate) fn execution_step(name: &str) -> Option<&str> {
+/// The step and the process whose execution staged into `name`, if `name`
+/// is a staging directory name ([`execution_name`]) with a valid step name.
+pub(crate) fn parse_execution(name: &str) -> Option<(&str, u32)> {
     let (step, rest) = name.rsplit_once('@')?;
     let (pid, n) = rest.split_once('.')?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    (digits(pid) && digits(n) && crate::names::check_step_name(step).is_ok()).then_some(step)
+    if !(digits(pid) && digits(n) && crate::names::check_step_name(step).is_ok()) {
+        return None;
+    }
+    Some((step, pid.parse().ok()?))
+}
+
+/// The step whose execution staged into `name`; see [`parse_execution`].
+pub(crate) fn execution_step(name: &str) -> Option<&str> {
+    parse_execution(name).map(|(step, _)| step)
 }
 
 /// Whether `name` is something the execution `execution` staged outside
@@ -111,6 +119,7 @@ mod tests {
             Some("clone")
         );
         assert_eq!(execution_step("a.b@1.2"), Some("a.b"));
+        assert_eq!(parse_execution("clone@42.7"), Some(("clone", 42)));
         for bad in [
             "clone",
             "clone@",

@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::fs::{FileSystem, atomic_write_with, context, parent_of};
-use crate::leftover::is_outside_staging_of;
+use crate::leftover::{Expect, refusal};
 use crate::names::OUTSIDE_STAGING_PREFIX;
 
 /// The journal's file name, in a step's staging directory.
@@ -55,10 +55,11 @@ pub(crate) fn write_journal<'a>(
         .map_err(|e| context("fsync directory", area, e))
 }
 
-/// What a crashed step's journal lists: only absolute paths named as
-/// [`staging_paths`] names them for this very step execution, so a damaged
-/// or hostile journal cannot make the sweep remove anything recovery did
-/// not create.
+/// What a crashed step's journal lists: only plain absolute paths named
+/// as [`staging_paths`] names them for this very step execution (the rule
+/// [`leftover::remove`](crate::leftover::remove) checks again at the
+/// removal), so a damaged or hostile journal cannot make the sweep remove
+/// anything recovery did not create.
 pub(crate) fn leftovers(fs: &dyn FileSystem, step_staging: &Path) -> Vec<PathBuf> {
     let Some(step) = step_staging.file_name().and_then(|n| n.to_str()) else {
         return Vec::new();
@@ -69,12 +70,7 @@ pub(crate) fn leftovers(fs: &dyn FileSystem, step_staging: &Path) -> Vec<PathBuf
     String::from_utf8_lossy(&bytes)
         .lines()
         .map(PathBuf::from)
-        .filter(|p| {
-            p.is_absolute()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| is_outside_staging_of(n, step))
-        })
+        .filter(|p| refusal(p, Expect::Outside { execution: step }).is_none())
         .collect()
 }
 

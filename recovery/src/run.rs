@@ -185,12 +185,7 @@ impl Run {
 
     /// The names of the steps that have a marker file, sorted.
     pub fn steps(&self) -> Result<Vec<String>, RunError> {
-        let dir = self.steps_dir();
-        let names = match self.fs().read_dir(&dir) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(RunError::io("list", &dir, e)),
-        };
+        let names = self.list_or_empty(&self.steps_dir())?;
         Ok(names
             .iter()
             .filter(|n| !n.starts_with(TEMP_PREFIX))
@@ -206,18 +201,12 @@ impl Run {
     /// only; creates nothing.
     pub fn known_steps(&self) -> Result<Vec<String>, RunError> {
         let mut names: std::collections::BTreeSet<String> = self.steps()?.into_iter().collect();
-        let fs = self.fs();
-        let list = |dir: &Path| match fs.read_dir(dir) {
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(RunError::io("list", dir, e)),
-        };
-        for name in list(&self.locks_dir())? {
+        for name in self.list_or_empty(&self.locks_dir())? {
             if let Some(step) = name.strip_suffix(".lock") {
                 names.insert(step.to_owned());
             }
         }
-        for name in list(&self.staging_dir())? {
+        for name in self.list_or_empty(&self.staging_dir())? {
             if let Some(step) = execution_step(&name) {
                 names.insert(step.to_owned());
             }
@@ -236,6 +225,16 @@ impl Run {
             .into_iter()
             .filter(|n| check_step_name(n).is_ok())
             .collect())
+    }
+
+    /// The names in `dir`, sorted; none when it does not exist (a run being
+    /// inspected may lack a directory that opening it would create).
+    pub(crate) fn list_or_empty(&self, dir: &Path) -> Result<Vec<String>, RunError> {
+        match self.fs().read_dir(dir) {
+            Ok(names) => Ok(names),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(RunError::io("list", dir, e)),
+        }
     }
 
     /// Whether a process holds the step's lock right now (it is running

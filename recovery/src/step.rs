@@ -363,16 +363,12 @@ impl StepState {
     /// without a sweep since), read from the names of its staging
     /// directories.
     pub fn running_pids(&self) -> Result<Vec<u32>, RunError> {
-        let staging = self.run.staging_dir();
-        let names = match self.run.fs().read_dir(&staging) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(RunError::io("list", &staging, e)),
-        };
+        let names = self.run.list_or_empty(&self.run.staging_dir())?;
         let mut pids: Vec<u32> = names
             .iter()
-            .filter(|n| leftover::execution_step(n) == Some(self.name.as_str()))
-            .filter_map(|n| n.rsplit_once('@')?.1.split_once('.')?.0.parse().ok())
+            .filter_map(|n| leftover::parse_execution(n))
+            .filter(|(step, _)| *step == self.name)
+            .map(|(_, pid)| pid)
             .collect();
         pids.sort_unstable();
         pids.dedup();

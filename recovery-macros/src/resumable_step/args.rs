@@ -44,6 +44,15 @@ fn parse_all(input: ParseStream) -> syn::Result<(LitStr, Vec<RawArg>)> {
 }
 
 impl StepArgs {
+    /// The runtime's hidden module the expansion calls into:
+    /// `::recovery::__private`, or the one under `crate = "..."`.
+    pub fn private_path(&self) -> proc_macro2::TokenStream {
+        match &self.krate {
+            Some(path) => quote::quote!(#path::__private),
+            None => quote::quote!(::recovery::__private),
+        }
+    }
+
     pub fn parse(attr: proc_macro2::TokenStream, errors: &mut Errors) -> StepArgs {
         let mut args = StepArgs {
             name: None,

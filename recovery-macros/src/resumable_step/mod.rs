@@ -42,10 +42,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
         crate::retryable::check(&func, &mut errors);
         if errors.is_empty() {
-            let p = match &args.krate {
-                Some(path) => quote!(#path::__private),
-                None => quote!(::recovery::__private),
-            };
+            let p = args.private_path();
             // Each retried attempt starts from no outputs, and a step that
             // fails reports the attempts its retries made.
             let hooks = crate::retryable::StepHooks {
@@ -155,11 +152,7 @@ fn generate(
     retry_path: Option<&syn::Path>,
     mut func: ItemFn,
 ) -> TokenStream {
-    let krate = match &args.krate {
-        Some(path) => path.to_token_stream(),
-        None => quote!(::recovery),
-    };
-    let p = quote!(#krate::__private);
+    let p = args.private_path();
     let ret = match result_type(&func, "resumable_step") {
         Ok(ty) => ty.clone(),
         Err(e) => return e.to_compile_error(),
