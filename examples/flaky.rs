@@ -18,16 +18,7 @@ struct Printer;
 
 impl Observer for Printer {
     fn on_event(&self, event: &Event) {
-        if let Event::RetryAttempted {
-            attempt,
-            error,
-            delay_ns,
-            ..
-        } = event
-        {
-            let delay = Duration::from_nanos(*delay_ns);
-            println!("  attempt {attempt} failed: {error}; retrying in {delay:.0?}");
-        }
+        println!("  {event}");
     }
 
     fn on_issue(&self, issue: &IssueRecord) {

@@ -153,7 +153,7 @@ fn check_crash_state(
     if fs.stat(root).is_ok()
         && let Ok(MarkerState::Valid(m)) = marker::read(&*fs, &marker_path)
         && let Err(reason) =
-            marker::verify_outputs(&*fs, root, &[exports(root)], &m, marker::Verify::Hash)
+            recovery::manifest::verify(&*fs, root, &[exports(root)], &m, marker::Verify::Hash)
     {
         violations.push(format!("a valid marker with a broken output: {reason}"));
     }

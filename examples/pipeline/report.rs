@@ -2,7 +2,6 @@
 //! at the end.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use recovery::{Event, IssueRecord, Observer};
 use serde::Serialize;
@@ -17,26 +16,7 @@ pub struct Progress {
 
 impl Observer for Progress {
     fn on_event(&self, event: &Event) {
-        match event {
-            Event::RetryAttempted {
-                operation,
-                attempt,
-                error,
-                delay_ns,
-                ..
-            } => println!(
-                "[{operation}] attempt {attempt} failed: {error}; retrying in {:.0?}",
-                Duration::from_nanos(*delay_ns)
-            ),
-            Event::StepResumed { step } => println!("[{step}] already done: resumed"),
-            Event::StepCompleted { step, outputs } => {
-                println!("[{step}] done ({outputs} outputs committed)")
-            }
-            Event::MarkerInvalid { step, reason } => {
-                println!("[{step}] its marker does not hold ({reason}): running it again")
-            }
-            other => println!("{other:?}"),
-        }
+        println!("{event}");
         self.events
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -124,6 +124,16 @@ pub enum RunError {
         /// The marker's path.
         path: PathBuf,
     },
+    /// A step's marker changed while the step ran, by someone who did not
+    /// hold its lease: this run's result was not recorded.
+    #[error(
+        "step {step:?}: its marker changed while the step ran, so its result was not recorded; \
+         something outside recovery changed the run's state (run the step again)"
+    )]
+    CommitConflict {
+        /// The step.
+        step: String,
+    },
     /// A removal of a step's leftovers was refused at the removal itself:
     /// the path is not a staging name this library made, in its place (a
     /// damaged or hostile journal, or a bug). Nothing was removed.

@@ -288,9 +288,32 @@ pub(crate) fn remove_entry(fs: &dyn FileSystem, path: &Path) -> io::Result<()> {
     }
 }
 
+/// The names in `dir`, as [`FileSystem::read_dir`] gives them; none when
+/// it does not exist.
+pub(crate) fn list_or_empty(fs: &dyn FileSystem, dir: &Path) -> io::Result<Vec<String>> {
+    match fs.read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        other => other,
+    }
+}
+
 /// The prefix of every temporary file `recovery` makes beside a target, so
 /// a sweep can recognise them.
-pub(crate) const TEMP_PREFIX: &str = ".recovery-tmp.";
+const TEMP_PREFIX: &str = ".recovery-tmp.";
+
+/// Whether `name` is a temporary file of an atomic write.
+pub(crate) fn is_temp(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX)
+}
+
+/// The file name a temporary file of an atomic write was meant to become:
+/// `run.json` for `.recovery-tmp.<pid>.<n>.run.json` ([`temp_path`]).
+pub(crate) fn temp_target(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(TEMP_PREFIX)?;
+    let mut parts = rest.splitn(3, '.');
+    let (_pid, _n, target) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(target)
+}
 
 /// A temporary name beside `path`, unique within this process and across
 /// processes (the pid).

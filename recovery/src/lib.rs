@@ -64,42 +64,35 @@
 //! number and reads no clock (unless the policy has `max_elapsed`, whose
 //! deadline starts with the first attempt).
 
-mod backoff;
-mod budget;
-mod classify;
-mod context;
-mod error;
-mod event;
 pub mod fs;
-mod issue;
-mod leftover;
-pub mod marker;
-mod names;
-mod outside;
-mod policy;
+mod report;
 mod retry;
-mod run;
+mod scope;
 mod step;
 
-pub use backoff::{Backoff, DEFAULT_BASE, DEFAULT_MAX_DELAY, DEFAULT_MULTIPLIER, Jitter, Schedule};
-pub use budget::RetryBudget;
-pub use classify::{Classify, Decision, IntoDecision};
-pub use context::{
-    Context, ContextBuilder, GlobalAlreadySet, Observer, Recorder, Scoped, Sleep, Sleeper,
-    VirtualClock, WithContext,
-};
+mod error;
+
+#[doc(hidden)]
+#[path = "expansion.rs"]
+pub mod __private;
+
 pub use error::RunError;
-pub use event::Event;
 pub use fs::{atomic_write, atomic_write_with};
-pub use issue::{IssueCode, IssueRecord, Severity};
-pub use names::{check_output_path, check_step_name};
-pub use policy::{DEFAULT_MAX_ATTEMPTS, RetryPolicy};
-pub use retry::{Retrier, retry, retry_async};
-pub use run::{LOG_LIMIT, LogRead, RUN_FORMAT, Run, parse_log};
-pub use step::{
-    Fingerprint, StagedOutput, StepDef, StepError, StepExecution, StepKey, StepResult, StepState,
-    run_step, run_step_async,
+pub use report::{
+    Event, IssueCode, IssueRecord, LOG_LIMIT, LogRead, Observer, Recorder, Severity, parse_log,
 };
+pub use retry::{
+    Backoff, Classify, Context, ContextBuilder, DEFAULT_BASE, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_DELAY, DEFAULT_MULTIPLIER, Decision, GlobalAlreadySet, IntoDecision, Jitter,
+    Retrier, RetryBudget, RetryPolicy, Schedule, Sleep, Sleeper, VirtualClock, WithContext, retry,
+    retry_async,
+};
+pub use scope::Scoped;
+pub use step::{
+    Fingerprint, Lease, LocalStore, MarkerVersion, Publish, Put, RUN_FORMAT, Run, StagedOutput,
+    StepExecution, StepState, StepStore, StoredMarker, check_output_path, check_step_name,
+};
+pub use step::{manifest, marker, store};
 
 /// Retries a function when it returns `Err`.
 ///
@@ -198,138 +191,3 @@ pub use recovery_macros::retryable;
 /// under this attribute retries the body inside the step: the resume check
 /// runs once. Events of retries inside a step land in the run's event log.
 pub use recovery_macros::resumable_step;
-
-/// Not public API: what the macros expand to. Changes without notice.
-#[doc(hidden)]
-pub mod __private {
-    pub use core::clone::Clone;
-    pub use core::option::Option::{self, None, Some};
-    pub use core::result::Result::{self, Err, Ok};
-    pub use core::time::Duration;
-
-    pub use crate::backoff::{Backoff, Jitter};
-    pub use crate::budget::RetryBudget;
-    pub use crate::classify::{Decision, IntoDecision};
-    pub use crate::marker::Verify;
-    pub use crate::policy::RetryPolicy;
-    pub use crate::retry::Retrier;
-    pub use crate::run::Run;
-    pub use crate::step::{
-        Fingerprint, StepDef, discard_attempt_outputs, fingerprint, record_attempts, run_step,
-        run_step_async, step_error,
-    };
-
-    /// The `&Run` behind whatever `run = ...` names (a `Run`, a `&Run`, an
-    /// `Arc<Run>`).
-    #[inline(always)]
-    pub fn borrow_run<R: core::borrow::Borrow<Run> + ?Sized>(run: &R) -> &Run {
-        run.borrow()
-    }
-
-    /// The argument for one attempt: a clone, or the original on the last
-    /// attempt, which saves a clone (and its allocation) when there will be no
-    /// other attempt.
-    #[inline]
-    pub fn take_or_clone<T: RetryArgument>(slot: &mut Option<T>, last: bool) -> T {
-        match (last, slot.as_ref()) {
-            (false, Some(value)) => value.clone(),
-            _ => match slot.take() {
-                Some(value) => value,
-                // The loop never starts an attempt after the last one, so the
-                // slot is never empty here.
-                None => unreachable!("recovery: argument taken twice"),
-            },
-        }
-    }
-
-    /// The bound on by-value arguments, with a message that says why.
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` is not `Clone`, so #[retryable] cannot hand a fresh copy to each attempt",
-        label = "this argument is passed by value to every attempt",
-        note = "derive or implement `Clone` for it, or take it by reference (`&{Self}`)"
-    )]
-    pub trait RetryArgument: Clone {}
-    impl<T: Clone> RetryArgument for T {}
-
-    /// Runs one attempt of a sync body. Typing the closure through this bound
-    /// (rather than a `-> T` annotation) lets elided lifetimes in `T` be
-    /// inferred, and tells `?` inside the body what to convert to.
-    #[inline(always)]
-    pub fn attempt<T, F: FnOnce() -> T>(body: F) -> T {
-        body()
-    }
-
-    /// Fixes the output type of an attempt's `async` block, so `?` inside it
-    /// knows what to convert to.
-    #[inline(always)]
-    pub fn attempt_future<T, F: core::future::Future<Output = T>>(future: F) -> F {
-        future
-    }
-
-    /// The error as the text that events and issue records carry, chosen at
-    /// the expansion site by autoref specialization: its `Display` where it
-    /// has one, else its `Debug`, else its type's name. No trait bound.
-    pub struct ErrorText<'a, E>(pub &'a E);
-
-    /// Text for an error, however it can be written.
-    pub enum Text<'a> {
-        /// Through `Display`.
-        Display(&'a dyn core::fmt::Display),
-        /// Through `Debug`.
-        Debug(&'a dyn core::fmt::Debug),
-        /// Neither: the type's name.
-        Name(&'static str),
-    }
-
-    impl core::fmt::Display for Text<'_> {
-        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-            match self {
-                Text::Display(e) => e.fmt(f),
-                Text::Debug(e) => write!(f, "{e:?}"),
-                Text::Name(name) => write!(f, "an error of type {name}"),
-            }
-        }
-    }
-
-    /// First choice: `Display` (the most references, found first).
-    pub trait ViaDisplay<'a> {
-        /// The text.
-        fn __recovery_error_text(&self) -> Text<'a>;
-    }
-    impl<'a, E: core::fmt::Display> ViaDisplay<'a> for &&ErrorText<'a, E> {
-        #[inline(always)]
-        fn __recovery_error_text(&self) -> Text<'a> {
-            Text::Display(self.0)
-        }
-    }
-
-    /// Second choice: `Debug`.
-    pub trait ViaDebug<'a> {
-        /// The text.
-        fn __recovery_error_text(&self) -> Text<'a>;
-    }
-    impl<'a, E: core::fmt::Debug> ViaDebug<'a> for &ErrorText<'a, E> {
-        #[inline(always)]
-        fn __recovery_error_text(&self) -> Text<'a> {
-            Text::Debug(self.0)
-        }
-    }
-
-    /// Last resort: the type's name.
-    pub trait ViaName<'a> {
-        /// The text.
-        fn __recovery_error_text(&self) -> Text<'a>;
-    }
-    impl<'a, E> ViaName<'a> for ErrorText<'a, E> {
-        #[inline(always)]
-        fn __recovery_error_text(&self) -> Text<'a> {
-            Text::Name(core::any::type_name::<E>())
-        }
-    }
-
-    /// The default classifier: every error is transient.
-    #[inline(always)]
-    pub fn always_retry<E: ?Sized>(_: &E) -> Decision {
-        Decision::Retry
-    }
-}

@@ -135,7 +135,7 @@ fn events_filter_by_type_and_step_and_speak_json() {
     let retries = stdout(&cli(&["events", "--type", "RETRY_ATTEMPTED"], tmp.path()));
     assert_eq!(retries.lines().count(), 1);
     assert!(
-        retries.starts_with("RETRY_ATTEMPTED fetch: attempt 1 failed"),
+        retries.starts_with("RETRY_ATTEMPTED [fetch] attempt 1 failed"),
         "{retries}"
     );
     let none = stdout(&cli(&["events", "--step", "doomed"], tmp.path()));

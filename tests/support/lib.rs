@@ -3,6 +3,7 @@
 use std::fmt;
 
 pub mod simfs;
+pub mod store_contract;
 pub mod storm;
 
 /// An error whose transience is scripted by the test.

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use recovery::marker::{MarkerState, Verify, verify_outputs};
+use recovery::marker::{MarkerState, Verify};
 use recovery::{Event, IssueCode, IssueRecord, Run, RunError};
 
 #[derive(Parser)]
@@ -359,18 +359,18 @@ fn status(run: &Run, json: bool) -> Result<ExitCode, CliError> {
 }
 
 fn verify(run: &Run, json: bool) -> Result<ExitCode, CliError> {
-    let places = run.outside_places();
     let (mut steps, mut outputs, mut bad) = (0, 0, 0);
     for name in run.steps()? {
-        // The same step-name check as `status`: both read markers alike.
-        let path = run.step(&name)?.marker_path();
-        let (state, detail) = match recovery::marker::read(&recovery::fs::RealFs, &path) {
+        // The library's own checks, as `status` and a resuming step make them.
+        let step = run.step(&name)?;
+        let (state, detail) = match step.read_marker() {
             Ok(MarkerState::Valid(m)) => {
                 steps += 1;
                 outputs += m.outputs.len();
-                match verify_outputs(&recovery::fs::RealFs, run.dir(), &places, &m, Verify::Hash) {
-                    Ok(()) => ("ok", None),
-                    Err(reason) => ("MISMATCH", Some(reason)),
+                match step.verify_outputs(&m, Verify::Hash) {
+                    Ok(Ok(())) => ("ok", None),
+                    Ok(Err(reason)) => ("MISMATCH", Some(reason)),
+                    Err(e) => ("ERROR", Some(e.to_string())),
                 }
             }
             Ok(MarkerState::Invalid(reason)) => ("INVALID", Some(reason)),
@@ -412,25 +412,10 @@ fn to_json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
+/// The kind, then the event's one text (the same as `tracing` and the
+/// example pipeline show).
 fn describe_event(event: &Event) -> String {
-    match event {
-        Event::RetryAttempted {
-            operation,
-            attempt,
-            error,
-            delay_ns,
-            ..
-        } => format!(
-            "RETRY_ATTEMPTED {operation}: attempt {attempt} failed ({error}); retried after {}",
-            humantime::format_duration(Duration::from_millis(delay_ns / 1_000_000))
-        ),
-        Event::StepResumed { step } => format!("STEP_RESUMED    {step}"),
-        Event::StepCompleted { step, outputs } => {
-            format!("STEP_COMPLETED  {step}: {outputs} outputs")
-        }
-        Event::MarkerInvalid { step, reason } => format!("MARKER_INVALID  {step}: {reason}"),
-        other => to_json(other),
-    }
+    format!("{:<15} {event}", event.kind())
 }
 
 fn describe_issue(issue: &IssueRecord) -> String {

@@ -4,6 +4,9 @@
 //! SCREAMING_SNAKE_CASE (`RETRY_ATTEMPTED`, ...). Durations are whole
 //! nanoseconds (`*_ns`), exact and the same on every platform.
 
+use std::fmt;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// One event. New kinds may be added, so match with a wildcard arm.
@@ -76,5 +79,68 @@ impl Event {
             Event::StepCompleted { .. } => "STEP_COMPLETED",
             Event::MarkerInvalid { .. } => "MARKER_INVALID",
         }
+    }
+}
+
+/// The event as one line of text, the same wherever it is shown (the
+/// CLI, `tracing`, a program's progress output):
+/// `[clone] attempt 1 failed: connection reset; retrying in 149ms`.
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] ", self.subject())?;
+        match self {
+            Event::RetryAttempted {
+                attempt,
+                error,
+                delay_ns,
+                ..
+            } => write!(
+                f,
+                "attempt {attempt} failed: {error}; retrying in {:.0?}",
+                Duration::from_nanos(*delay_ns)
+            ),
+            Event::StepResumed { .. } => f.write_str("already done: resumed"),
+            Event::StepCompleted { outputs, .. } => {
+                write!(f, "done ({outputs} outputs committed)")
+            }
+            Event::MarkerInvalid { reason, .. } => {
+                write!(f, "the marker does not hold ({reason}); running it again")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_reads_as_one_line_naming_its_subject() {
+        let retry = Event::RetryAttempted {
+            operation: "clone".into(),
+            attempt: 2,
+            error: "connection reset".into(),
+            delay_ns: 149_400_000,
+            elapsed_ns: 7,
+        };
+        assert_eq!(
+            retry.to_string(),
+            "[clone] attempt 2 failed: connection reset; retrying in 149ms"
+        );
+        let done = Event::StepCompleted {
+            step: "index".into(),
+            outputs: 3,
+        };
+        assert_eq!(done.to_string(), "[index] done (3 outputs committed)");
+        let invalid = Event::MarkerInvalid {
+            step: "index".into(),
+            reason: "the step's key or version changed".into(),
+        };
+        assert_eq!(
+            invalid.to_string(),
+            "[index] the marker does not hold (the step's key or version changed); running it again"
+        );
+        let resumed = Event::StepResumed { step: "a".into() };
+        assert!(!resumed.to_string().contains('\n'));
     }
 }

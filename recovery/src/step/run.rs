@@ -1,39 +1,30 @@
-//! The run directory: where a pipeline keeps its step markers, its staging
-//! area, its event log and its issue log.
-//!
-//! ```text
-//! RUN_DIR/
-//!   run.json            identifies the directory as a run (format version)
-//!   state/steps/*.json  one marker per completed step
-//!   state/locks/*.lock  one lock file per step (flock: held while it runs)
-//!   staging/            outputs being written; swept when the run is opened
-//!   events.jsonl        append-only event log, one JSON object per line
-//!   issues.jsonl        append-only issue log, one JSON object per line
-//!   ...                 the steps' outputs, at the paths they chose
-//! ```
+//! The run directory: a [`Run`] handle, made by opening one. It keeps the
+//! step state in its [`StepStore`] (the run directory itself, by default),
+//! stages outputs under `staging/`, and knows which places outside the run
+//! this program allows outputs in. The layout is in
+//! [`layout`](crate::step::layout).
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::context::{Context, Observer};
 use crate::error::RunError;
-use crate::event::Event;
-use crate::fs::{EntryKind, FileSystem, RealFs, TEMP_PREFIX, atomic_write_with, parent_of};
-use crate::issue::IssueRecord;
-use crate::leftover::{self, Expect, execution_step};
-use crate::names::{check_outside_path, check_step_name};
-use crate::outside;
+use crate::fs::{EntryKind, FileSystem, RealFs, atomic_write_with, is_temp, parent_of};
+use crate::report::event::Event;
+use crate::report::issue::IssueRecord;
+use crate::report::log::LogRead;
+use crate::report::observer::Observer;
+use crate::retry::context::Context;
+use crate::step::layout::Layout;
+use crate::step::local::LocalStore;
+use crate::step::names::{check_outside_path, check_step_name};
+use crate::step::store::StepStore;
 
 /// The `run.json` format this version writes and reads.
 pub const RUN_FORMAT: u32 = 1;
-
-/// Event and issue logs longer than this are refused when read back.
-pub const LOG_LIMIT: u64 = 256 << 20;
 
 #[derive(Serialize, Deserialize)]
 struct RunFile {
@@ -51,8 +42,11 @@ pub struct Run {
 
 #[derive(Debug)]
 struct RunInner {
-    dir: PathBuf,
+    layout: Layout,
+    /// Where staging and outputs are written.
     fs: Arc<dyn FileSystem>,
+    /// Where step state is kept.
+    store: Arc<dyn StepStore>,
     /// Step name → the function that uses it, to catch two steps sharing a
     /// name.
     sites: Mutex<HashMap<String, String>>,
@@ -87,21 +81,22 @@ impl Run {
         run.create_durably()?;
         run.check_or_init()?;
         run.refuse_symlinks()?;
-        for sub in [run.steps_dir(), run.staging_dir()] {
+        let layout = run.layout();
+        for sub in [layout.steps(), layout.staging()] {
             run.fs()
                 .create_dir_all(&sub)
                 .map_err(|e| RunError::io("create", &sub, e))?;
         }
         // The directories' own entries must be durable before anything is
         // renamed out of them or into them.
-        for dir in [run.dir().to_owned(), run.dir().join("state")] {
+        for dir in [layout.dir().to_owned(), layout.state()] {
             run.fs()
                 .sync_dir(&dir)
                 .map_err(|e| RunError::io("fsync directory", &dir, e))?;
         }
         // Locks are kernel state, not durable data: they always live on the
         // real file system, whatever `fs` simulates.
-        let locks = run.locks_dir();
+        let locks = layout.locks();
         std::fs::create_dir_all(&locks).map_err(|e| RunError::io("create", &locks, e))?;
         run.sweep()?;
         Ok(run)
@@ -131,10 +126,13 @@ impl Run {
     fn handle(dir: &Path, fs: Arc<dyn FileSystem>) -> Result<Run, RunError> {
         let dir =
             std::path::absolute(dir).map_err(|e| RunError::io("resolve run directory", dir, e))?;
+        let layout = Layout::new(dir);
+        let store = Arc::new(LocalStore::new(layout.clone(), Arc::clone(&fs)));
         Ok(Run {
             inner: Arc::new(RunInner {
-                dir,
+                layout,
                 fs,
+                store,
                 sites: Mutex::new(HashMap::new()),
                 outside: Mutex::new(Vec::new()),
             }),
@@ -158,7 +156,7 @@ impl Run {
             Ok(_) => return Err(not_a_run("it is a file, not a directory")),
             Err(e) => return Err(RunError::io("open run directory", given, e)),
         }
-        let run_file = given.join("run.json");
+        let run_file = Layout::new(given.to_owned()).run_file();
         match fs.stat(&run_file) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -183,77 +181,6 @@ impl Run {
         Ok(run)
     }
 
-    /// The names of the steps that have a marker file, sorted.
-    pub fn steps(&self) -> Result<Vec<String>, RunError> {
-        let names = self.list_or_empty(&self.steps_dir())?;
-        Ok(names
-            .iter()
-            .filter(|n| !n.starts_with(TEMP_PREFIX))
-            .filter_map(|n| n.strip_suffix(".json"))
-            .filter(|n| check_step_name(n).is_ok())
-            .map(str::to_owned)
-            .collect())
-    }
-
-    /// Every step this run knows of, sorted: those with a marker, a lock
-    /// file, a staging directory (running, or dead mid-step), or a mention
-    /// in the event or issue log (failed, reset, or not yet done). Reads
-    /// only; creates nothing.
-    pub fn known_steps(&self) -> Result<Vec<String>, RunError> {
-        let mut names: std::collections::BTreeSet<String> = self.steps()?.into_iter().collect();
-        for name in self.list_or_empty(&self.locks_dir())? {
-            if let Some(step) = name.strip_suffix(".lock") {
-                names.insert(step.to_owned());
-            }
-        }
-        for name in self.list_or_empty(&self.staging_dir())? {
-            if let Some(step) = execution_step(&name) {
-                names.insert(step.to_owned());
-            }
-        }
-        for event in self.events()?.records {
-            if event.is_step_event() {
-                names.insert(event.subject().to_owned());
-            }
-        }
-        for issue in self.issues()?.records {
-            if issue.error_code == crate::issue::IssueCode::StepFailed {
-                names.insert(issue.operation);
-            }
-        }
-        Ok(names
-            .into_iter()
-            .filter(|n| check_step_name(n).is_ok())
-            .collect())
-    }
-
-    /// The names in `dir`, sorted; none when it does not exist (a run being
-    /// inspected may lack a directory that opening it would create).
-    pub(crate) fn list_or_empty(&self, dir: &Path) -> Result<Vec<String>, RunError> {
-        match self.fs().read_dir(dir) {
-            Ok(names) => Ok(names),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(RunError::io("list", dir, e)),
-        }
-    }
-
-    /// Whether a process holds the step's lock right now (it is running
-    /// the step). Reads only: a step that never ran has no lock file.
-    pub fn is_running(&self, step: &str) -> Result<bool, RunError> {
-        check_step_name(step)?;
-        let path = self.locks_dir().join(format!("{step}.lock"));
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(RunError::io("open lock", path, e)),
-        };
-        match file.try_lock_shared() {
-            Ok(()) => Ok(false),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(true),
-            Err(std::fs::TryLockError::Error(e)) => Err(RunError::io("lock", path, e)),
-        }
-    }
-
     /// Makes sure the directory is a run (or empty, and makes it one).
     ///
     /// Several processes may create one run at once: each writes the same
@@ -262,7 +189,7 @@ impl Run {
     /// fail; leftovers of crashed creators are swept once the run exists.
     fn check_or_init(&self) -> Result<(), RunError> {
         let fs = self.fs();
-        let path = self.dir().join("run.json");
+        let path = self.layout().run_file();
         // Each round either returns or saw another opener's run.json appear
         // since its own look, which happens at most once per opener.
         for _ in 0..8 {
@@ -275,7 +202,7 @@ impl Run {
                 .read_dir(self.dir())
                 .map_err(|e| RunError::io("list", self.dir(), e))?;
             // Temporary files are other openers' (or a crashed one's).
-            if entries.iter().any(|n| !n.starts_with(TEMP_PREFIX)) {
+            if entries.iter().any(|n| !is_temp(n)) {
                 if fs.stat(&path).is_ok() {
                     continue; // made by another opener since we looked
                 }
@@ -308,12 +235,12 @@ impl Run {
     /// The run's own directories must be real directories: a symlink there
     /// would send writes (and the sweep's removals) outside the run.
     fn refuse_symlinks(&self) -> Result<(), RunError> {
-        let state = self.dir().join("state");
+        let layout = self.layout();
         for dir in [
-            state,
-            self.steps_dir(),
-            self.locks_dir(),
-            self.staging_dir(),
+            layout.state(),
+            layout.steps(),
+            layout.locks(),
+            layout.staging(),
         ] {
             match self.fs().stat(&dir) {
                 Ok(s) if s.kind != EntryKind::Dir => {
@@ -330,92 +257,6 @@ impl Run {
             }
         }
         Ok(())
-    }
-
-    /// Removes what crashed steps left behind: their staging directories
-    /// and half-written markers. A step that another process is running
-    /// right now holds its lock, and its files are left alone.
-    fn sweep(&self) -> Result<(), RunError> {
-        let fs = self.fs();
-        let staging = self.staging_dir();
-        let names = fs
-            .read_dir(&staging)
-            .map_err(|e| RunError::io("list", &staging, e))?;
-        for name in names {
-            let Some(step) = execution_step(&name) else {
-                continue;
-            };
-            if let Some(_lock) = self.try_lock_step(step)? {
-                self.remove_execution_leftovers(&name)?;
-            }
-        }
-        // A creator that crashed before its rename left its temporary
-        // run.json; the run exists now, so no opener still needs one.
-        let names = fs
-            .read_dir(self.dir())
-            .map_err(|e| RunError::io("list", self.dir(), e))?;
-        for name in names.iter().filter(|n| is_temp_run_file(n)) {
-            let path = self.dir().join(name);
-            match fs.remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(RunError::io("remove leftover", &path, e));
-                }
-                _ => {}
-            }
-        }
-        let steps = self.steps_dir();
-        let names = fs
-            .read_dir(&steps)
-            .map_err(|e| RunError::io("list", &steps, e))?;
-        for name in names {
-            let Some(step) = temp_marker_step(&name) else {
-                continue;
-            };
-            if let Some(_lock) = self.try_lock_step(step)? {
-                let path = steps.join(&name);
-                fs.remove_file(&path)
-                    .map_err(|e| RunError::io("remove leftover", &path, e))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes what earlier executions of `step` left in staging (a worker
-    /// killed inside the step): whoever takes a step's lock owns its
-    /// leftovers. The caller holds the lock.
-    pub(crate) fn sweep_step(&self, step: &str) -> Result<(), RunError> {
-        let staging = self.staging_dir();
-        let names = self
-            .fs()
-            .read_dir(&staging)
-            .map_err(|e| RunError::io("list", &staging, e))?;
-        for name in names.iter().filter(|n| execution_step(n) == Some(step)) {
-            self.remove_execution_leftovers(name)?;
-        }
-        Ok(())
-    }
-
-    /// Removes one execution's staging directory, and first what its
-    /// journal says it staged outside the run (the journal goes with the
-    /// directory). Each removal is checked at the removal itself; an entry
-    /// that fails the check is reported and left alone.
-    fn remove_execution_leftovers(&self, name: &str) -> Result<(), RunError> {
-        let fs = self.fs();
-        let area = self.staging_dir();
-        let path = area.join(name);
-        for outside in outside::leftovers(fs, &path) {
-            match leftover::remove(fs, &outside, Expect::Outside { execution: name }) {
-                Err(refused @ RunError::RefusedRemoval { .. }) => report_refusal(&refused),
-                other => other?,
-            }
-        }
-        leftover::remove(
-            fs,
-            &path,
-            Expect::InRun {
-                staging_area: &area,
-            },
-        )
     }
 
     /// Allows steps to place outputs inside `dir` (not at `dir` itself:
@@ -458,38 +299,37 @@ impl Run {
 
     /// The run directory, absolute.
     pub fn dir(&self) -> &Path {
-        &self.inner.dir
+        self.inner.layout.dir()
     }
 
+    /// Where staging and outputs are written.
     pub(crate) fn fs(&self) -> &dyn FileSystem {
         &*self.inner.fs
     }
 
-    pub(crate) fn steps_dir(&self) -> PathBuf {
-        self.dir().join("state").join("steps")
+    /// Where the run keeps its step state: markers, leases, published
+    /// outputs and logs.
+    pub fn store(&self) -> &dyn StepStore {
+        &*self.inner.store
     }
 
-    fn locks_dir(&self) -> PathBuf {
-        self.dir().join("state").join("locks")
-    }
-
-    pub(crate) fn staging_dir(&self) -> PathBuf {
-        self.dir().join("staging")
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.inner.layout
     }
 
     /// The event log.
     pub fn events_path(&self) -> PathBuf {
-        self.dir().join("events.jsonl")
+        self.layout().events()
     }
 
     /// The issue log.
     pub fn issues_path(&self) -> PathBuf {
-        self.dir().join("issues.jsonl")
+        self.layout().issues()
     }
 
     /// Where the marker of `step` lives.
     pub fn marker_path(&self, step: &str) -> PathBuf {
-        self.steps_dir().join(format!("{step}.json"))
+        self.layout().marker(step)
     }
 
     /// Remembers that `site` uses the step name `name`; two different sites
@@ -515,125 +355,31 @@ impl Run {
         }
     }
 
-    fn lock_file(&self, step: &str) -> Result<File, RunError> {
-        check_step_name(step)?;
-        let path = self.locks_dir().join(format!("{step}.lock"));
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| RunError::io("open lock", path, e))
-    }
-
-    /// Takes the step's lock, waiting while another process (or thread)
-    /// holds it. The kernel releases it if the holder dies.
-    pub(crate) fn lock_step(&self, step: &str) -> Result<File, RunError> {
-        let file = self.lock_file(step)?;
-        file.lock()
-            .map_err(|e| RunError::io("lock", self.locks_dir().join(step), e))?;
-        Ok(file)
-    }
-
-    /// Takes the step's lock if it is free.
-    pub(crate) fn try_lock_step(&self, step: &str) -> Result<Option<File>, RunError> {
-        if check_step_name(step).is_err() {
-            // Not a name we would have written: leave it alone.
-            return Ok(None);
-        }
-        let file = self.lock_file(step)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(RunError::io("lock", self.locks_dir().join(step), e))
-            }
-        }
-    }
-
-    /// Appends one record to a log. Logs are records of what happened, not
-    /// commit points: a line is written with one `write` and not synced; a
-    /// crash may cut the last line, which readers skip.
-    fn append(&self, path: &Path, record: &impl Serialize) {
-        let line = match serde_json::to_vec(record) {
-            Ok(mut line) => {
-                line.push(b'\n');
-                line
-            }
-            Err(_) => return,
-        };
-        if let Err(_e) = self.fs().append(path, &line) {
-            #[cfg(feature = "tracing")]
-            tracing::warn!(path = %path.display(), error = %_e, "could not append to the run's log");
-        }
-    }
-
     /// Appends an event to the event log.
     pub fn log_event(&self, event: &Event) {
-        self.append(&self.events_path(), event);
+        self.store().append_event(event);
     }
 
     /// Appends an issue record to the issue log.
     pub fn log_issue(&self, issue: &IssueRecord) {
-        self.append(&self.issues_path(), issue);
+        self.store().append_issue(issue);
     }
 
     /// The events logged so far. Lines that do not parse (a line cut by a
     /// crash, a kind from a newer version) are skipped and counted.
     pub fn events(&self) -> Result<LogRead<Event>, RunError> {
-        self.read_log(&self.events_path())
+        self.store().events()
     }
 
     /// The issue records logged so far; see [`Run::events`].
     pub fn issues(&self) -> Result<LogRead<IssueRecord>, RunError> {
-        self.read_log(&self.issues_path())
+        self.store().issues()
     }
 
-    fn read_log<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &Path,
-    ) -> Result<LogRead<T>, RunError> {
-        let bytes = match self.fs().read(path, LOG_LIMIT) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(RunError::io("read", path, e)),
-        };
-        Ok(parse_log(&bytes))
-    }
-
-    /// A context whose observer writes to this run's logs and forwards to
-    /// the observer of `outer`.
+    /// `outer`, with this run's logs as one more observer.
     pub(crate) fn context(&self, outer: &Context) -> Context {
-        outer.with_observer(Arc::new(RunObserver {
-            run: self.clone(),
-            outer: outer.clone(),
-        }))
+        outer.and_observer(Arc::new(RunLogs(self.clone())))
     }
-}
-
-/// Records read back from a log.
-#[derive(Debug)]
-pub struct LogRead<T> {
-    /// The records that parsed, in order.
-    pub records: Vec<T>,
-    /// Lines that did not parse (a line cut by a crash, garbage).
-    pub skipped: usize,
-}
-
-/// Parses JSON lines, skipping the ones that do not parse.
-pub fn parse_log<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> LogRead<T> {
-    let mut records = Vec::new();
-    let mut skipped = 0;
-    for line in bytes.split(|b| *b == b'\n') {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match serde_json::from_slice(line) {
-            Ok(r) => records.push(r),
-            Err(_) => skipped += 1,
-        }
-    }
-    LogRead { records, skipped }
 }
 
 /// Checks an existing `run.json`.
@@ -665,48 +411,23 @@ fn check_run_file(fs: &dyn FileSystem, path: &Path, kind: EntryKind) -> Result<(
     Ok(())
 }
 
-/// A leftover the sweep would not remove: not ours, so not ours to delete,
-/// but worth a look.
-fn report_refusal(_refused: &RunError) {
-    #[cfg(feature = "tracing")]
-    tracing::warn!(error = %_refused, "left a damaged staging journal's entry alone");
-}
+/// Writes events and issues to the run's logs.
+struct RunLogs(Run);
 
-/// A temporary `run.json` of a creator: `.recovery-tmp.<pid>.<n>.run.json`.
-fn is_temp_run_file(name: &str) -> bool {
-    temp_marker_step(name) == Some("run")
-}
-
-/// The step whose marker a leftover temporary file was meant to become:
-/// `.recovery-tmp.<pid>.<n>.<step>.json`.
-fn temp_marker_step(name: &str) -> Option<&str> {
-    let rest = name.strip_prefix(TEMP_PREFIX)?;
-    let mut parts = rest.splitn(3, '.');
-    let (_pid, _n, file) = (parts.next()?, parts.next()?, parts.next()?);
-    file.strip_suffix(".json")
-}
-
-/// Writes events and issues to the run's logs, then passes them on.
-struct RunObserver {
-    run: Run,
-    outer: Context,
-}
-
-impl Observer for RunObserver {
+impl Observer for RunLogs {
     fn on_event(&self, event: &Event) {
-        self.run.log_event(event);
-        self.outer.forward_event(event);
+        self.0.log_event(event);
     }
 
     fn on_issue(&self, issue: &IssueRecord) {
-        self.run.log_issue(issue);
-        self.outer.forward_issue(issue);
+        self.0.log_issue(issue);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::log::parse_log;
 
     #[test]
     fn opens_creates_the_layout_and_reopens() {
@@ -821,15 +542,5 @@ mod tests {
             .collect();
         assert_eq!(steps, ["a", "b", "c"]);
         assert_eq!(log.skipped, 1, "only the cut line is lost");
-    }
-
-    #[test]
-    fn temp_marker_names_are_recognised() {
-        assert_eq!(
-            temp_marker_step(".recovery-tmp.12.3.clone.json"),
-            Some("clone")
-        );
-        assert_eq!(temp_marker_step(".recovery-tmp.12.3.a.b.json"), Some("a.b"));
-        assert_eq!(temp_marker_step("clone.json"), None);
     }
 }

@@ -14,12 +14,13 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::backoff::{Jitter, Schedule};
-use crate::classify::Decision;
-use crate::context::{Context, Sleep};
-use crate::event::Event;
-use crate::issue::{IssueCode, IssueRecord, Severity};
-use crate::policy::RetryPolicy;
+use crate::report::event::Event;
+use crate::report::issue::{IssueCode, IssueRecord, Severity};
+use crate::retry::backoff::{Jitter, Schedule};
+use crate::retry::classify::Decision;
+use crate::retry::context::Context;
+use crate::retry::policy::RetryPolicy;
+use crate::retry::time::Sleep;
 
 /// The state of one retrying call.
 #[derive(Debug)]
@@ -259,8 +260,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::backoff::Backoff;
-    use crate::context::{Recorder, VirtualClock};
+    use crate::report::observer::Recorder;
+    use crate::retry::backoff::Backoff;
+    use crate::retry::time::VirtualClock;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -449,7 +451,7 @@ mod tests {
 
     #[tokio::test]
     async fn async_retry_uses_virtual_time() {
-        use crate::context::WithContext;
+        use crate::retry::context::WithContext;
         let h = harness();
         let policy = RetryPolicy::new().max_attempts(3);
         let mut calls = 0;

@@ -9,40 +9,7 @@ use std::path::{Component, Path};
 
 use crate::error::RunError;
 use crate::fs::{FileSystem, remove_entry};
-use crate::names::OUTSIDE_STAGING_PREFIX;
-
-/// The name of a step execution's staging directory:
-/// `<step>@<pid>.<n>`, in the run's staging area.
-pub(crate) fn execution_name(step: &str, pid: u32, n: u64) -> String {
-    format!("{step}@{pid}.{n}")
-}
-
-/// The step and the process whose execution staged into `name`, if `name`
-/// is a staging directory name ([`execution_name`]) with a valid step name.
-pub(crate) fn parse_execution(name: &str) -> Option<(&str, u32)> {
-    let (step, rest) = name.rsplit_once('@')?;
-    let (pid, n) = rest.split_once('.')?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !(digits(pid) && digits(n) && crate::names::check_step_name(step).is_ok()) {
-        return None;
-    }
-    Some((step, pid.parse().ok()?))
-}
-
-/// The step whose execution staged into `name`; see [`parse_execution`].
-pub(crate) fn execution_step(name: &str) -> Option<&str> {
-    parse_execution(name).map(|(step, _)| step)
-}
-
-/// Whether `name` is something the execution `execution` staged outside
-/// the run: `.recovery-staging-<execution>-o<N>` or `-t<N>`.
-pub(crate) fn is_outside_staging_of(name: &str, execution: &str) -> bool {
-    name.strip_prefix(OUTSIDE_STAGING_PREFIX)
-        .and_then(|rest| rest.strip_prefix(execution))
-        .and_then(|rest| rest.strip_prefix('-'))
-        .and_then(|rest| rest.strip_prefix(['o', 't']))
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
+use crate::step::layout::{execution_step, is_outside_staging_of};
 
 /// What a leftover must be for [`remove`] to touch it.
 #[derive(Clone, Copy, Debug)]
@@ -111,27 +78,6 @@ pub(crate) fn remove(fs: &dyn FileSystem, path: &Path, expect: Expect<'_>) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn execution_names_round_trip() {
-        assert_eq!(
-            execution_step(&execution_name("clone", 42, 7)),
-            Some("clone")
-        );
-        assert_eq!(execution_step("a.b@1.2"), Some("a.b"));
-        assert_eq!(parse_execution("clone@42.7"), Some(("clone", 42)));
-        for bad in [
-            "clone",
-            "clone@",
-            "clone@1",
-            "clone@x.1",
-            "@1.2",
-            "../x@1.2",
-            "a b@1.2",
-        ] {
-            assert_eq!(execution_step(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn only_our_names_in_our_places_pass() {

@@ -30,123 +30,16 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
-use std::task::{Poll, Waker};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::event::Event;
-use crate::issue::IssueRecord;
-
-/// Receives events and issue records. Called synchronously on the thread of
-/// the failing call, so keep it quick; it is never called on success.
-pub trait Observer: Send + Sync + 'static {
-    /// An event happened.
-    fn on_event(&self, event: &Event);
-    /// An operation gave up.
-    fn on_issue(&self, issue: &IssueRecord) {
-        let _ = issue;
-    }
-}
-
-/// An [`Observer`] that keeps everything in memory, for tests and summaries.
-#[derive(Debug, Default)]
-pub struct Recorder {
-    events: Mutex<Vec<Event>>,
-    issues: Mutex<Vec<IssueRecord>>,
-}
-
-impl Recorder {
-    /// The events seen so far, in order.
-    pub fn events(&self) -> Vec<Event> {
-        lock(&self.events).clone()
-    }
-
-    /// The issue records seen so far, in order.
-    pub fn issues(&self) -> Vec<IssueRecord> {
-        lock(&self.issues).clone()
-    }
-}
-
-impl Observer for Recorder {
-    fn on_event(&self, event: &Event) {
-        lock(&self.events).push(event.clone());
-    }
-
-    fn on_issue(&self, issue: &IssueRecord) {
-        lock(&self.issues).push(issue.clone());
-    }
-}
-
-/// A poisoned lock only means another thread panicked while pushing a
-/// record; the data is still a valid list, so keep using it.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Makes async retries wait. The default uses tokio's timer inside a tokio
-/// runtime and a helper thread elsewhere; supply your own for another
-/// executor.
-pub trait Sleeper: Send + Sync + 'static {
-    /// A future that completes after `delay`.
-    fn sleep(&self, delay: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>>;
-}
-
-/// Virtual time for tests: sleeps return at once, advance this clock and are
-/// recorded, so retrying code can be tested without waiting.
-#[derive(Clone, Debug, Default)]
-pub struct VirtualClock {
-    state: Arc<Mutex<VirtualState>>,
-}
-
-#[derive(Debug, Default)]
-struct VirtualState {
-    now: Duration,
-    slept: Vec<Duration>,
-    reads: u64,
-}
-
-impl VirtualClock {
-    /// A clock at zero with nothing slept.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Virtual time since the clock was made.
-    pub fn now(&self) -> Duration {
-        lock(&self.state).now
-    }
-
-    /// How many times retrying code under this clock read the time. A call
-    /// that succeeds at once reads it only when its policy has a deadline.
-    pub fn reads(&self) -> u64 {
-        lock(&self.state).reads
-    }
-
-    fn read(&self) -> Duration {
-        let mut s = lock(&self.state);
-        s.reads += 1;
-        s.now
-    }
-
-    /// Moves time forward without recording a sleep (as if work took time).
-    pub fn advance(&self, by: Duration) {
-        let mut s = lock(&self.state);
-        s.now = s.now.saturating_add(by);
-    }
-
-    /// Every delay slept so far, in order.
-    pub fn slept(&self) -> Vec<Duration> {
-        lock(&self.state).slept.clone()
-    }
-
-    fn sleep(&self, delay: Duration) {
-        let mut s = lock(&self.state);
-        s.now = s.now.saturating_add(delay);
-        s.slept.push(delay);
-    }
-}
+use crate::report::event::Event;
+use crate::report::issue::IssueRecord;
+use crate::report::observer::Observer;
+use crate::retry::backoff::splitmix;
+use crate::retry::time::{Sleep, Sleeper, VirtualClock, default_sleep};
+use crate::scope::{self, ScopeGuard, Scoped};
 
 /// Where events go, how time passes and where jitter comes from, for the
 /// retrying calls made under it. Cheap to clone (one reference count).
@@ -156,7 +49,9 @@ pub struct Context {
 }
 
 struct Inner {
-    observer: Option<Arc<dyn Observer>>,
+    /// Every event and issue record goes to each of them, in order: the
+    /// dispatcher fans out, so no observer calls back into it.
+    observers: Vec<Arc<dyn Observer>>,
     clock: Option<VirtualClock>,
     sleeper: Option<Arc<dyn Sleeper>>,
     seed: Option<u64>,
@@ -168,7 +63,7 @@ struct Inner {
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")
-            .field("observer", &self.inner.observer.is_some())
+            .field("observers", &self.inner.observers.len())
             .field("virtual_time", &self.inner.clock.is_some())
             .field("custom_sleeper", &self.inner.sleeper.is_some())
             .field("seed", &self.inner.seed)
@@ -221,7 +116,7 @@ impl ContextBuilder {
     pub fn build(self) -> Context {
         Context {
             inner: Arc::new(Inner {
-                observer: self.observer,
+                observers: self.observer.into_iter().collect(),
                 clock: self.clock,
                 sleeper: self.sleeper,
                 seed: self.seed,
@@ -263,10 +158,7 @@ impl Context {
     /// The context in force here: this thread's scope, else the global one,
     /// else the default (events to `tracing` only, real time).
     pub fn current() -> Context {
-        CURRENT
-            .try_with(|c| c.borrow().clone())
-            .ok()
-            .flatten()
+        scope::current(&CURRENT)
             .or_else(|| GLOBAL.get().cloned())
             .unwrap_or_else(|| FALLBACK.clone())
     }
@@ -278,15 +170,18 @@ impl Context {
 
     /// Runs `f` with this context in force on this thread.
     pub fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _guard = ScopeGuard::enter(self.clone());
+        let _guard = ScopeGuard::enter(&CURRENT, self.clone());
         f()
     }
 
-    /// The same clock, sleeper and seed sequence, with another observer.
-    pub(crate) fn with_observer(&self, observer: Arc<dyn Observer>) -> Context {
+    /// The same clock, sleeper and seed sequence, with `observer` added
+    /// after this context's observers.
+    pub(crate) fn and_observer(&self, observer: Arc<dyn Observer>) -> Context {
+        let mut observers = self.inner.observers.clone();
+        observers.push(observer);
         Context {
             inner: Arc::new(Inner {
-                observer: Some(observer),
+                observers,
                 clock: self.inner.clock.clone(),
                 sleeper: self.inner.sleeper.clone(),
                 seed: self.inner.seed,
@@ -295,28 +190,16 @@ impl Context {
         }
     }
 
-    /// Sends an event to the observer only (it went to `tracing` already).
-    pub(crate) fn forward_event(&self, event: &Event) {
-        if let Some(observer) = &self.inner.observer {
+    /// Sends an event to the observers and to `tracing`.
+    pub fn emit(&self, event: &Event) {
+        #[cfg(feature = "tracing")]
+        trace_event(event);
+        for observer in &self.inner.observers {
             observer.on_event(event);
         }
     }
 
-    /// Sends an issue record to the observer only.
-    pub(crate) fn forward_issue(&self, issue: &IssueRecord) {
-        if let Some(observer) = &self.inner.observer {
-            observer.on_issue(issue);
-        }
-    }
-
-    /// Sends an event to the observer and to `tracing`.
-    pub fn emit(&self, event: &Event) {
-        #[cfg(feature = "tracing")]
-        trace_event(event);
-        self.forward_event(event);
-    }
-
-    /// Sends an issue record to the observer and to `tracing`.
+    /// Sends an issue record to the observers and to `tracing`.
     pub fn report(&self, issue: &IssueRecord) {
         #[cfg(feature = "tracing")]
         tracing::error!(
@@ -327,7 +210,9 @@ impl Context {
             "{} gave up",
             issue.operation
         );
-        self.forward_issue(issue);
+        for observer in &self.inner.observers {
+            observer.on_issue(issue);
+        }
     }
 
     /// Time on this context's clock, from an arbitrary origin.
@@ -351,15 +236,12 @@ impl Context {
     pub fn sleep(&self, delay: Duration) -> Sleep {
         if let Some(clock) = &self.inner.clock {
             clock.sleep(delay);
-            return Sleep { inner: None };
+            return Sleep::done();
         }
-        let future = match &self.inner.sleeper {
+        Sleep::until(match &self.inner.sleeper {
             Some(sleeper) => sleeper.sleep(delay),
             None => default_sleep(delay),
-        };
-        Sleep {
-            inner: Some(future),
-        }
+        })
     }
 
     /// The jitter seed for one call of `operation`: derived from the
@@ -369,40 +251,36 @@ impl Context {
         match self.inner.seed {
             Some(seed) => {
                 let n = self.inner.calls.fetch_add(1, Ordering::Relaxed);
-                crate::backoff::splitmix(seed ^ fnv1a(operation) ^ crate::backoff::splitmix(n))
+                splitmix(seed ^ fnv1a(operation) ^ splitmix(n))
             }
             None => rand::random(),
         }
     }
 }
 
+/// Events as `tracing` events: the kind and the subject as fields, the
+/// event's own text as the message.
 #[cfg(feature = "tracing")]
 fn trace_event(event: &Event) {
+    let (kind, subject) = (event.kind(), event.subject());
     match event {
         Event::RetryAttempted {
-            operation,
             attempt,
             error,
             delay_ns,
             elapsed_ns,
+            ..
         } => tracing::warn!(
-            event = event.kind(),
-            operation = operation.as_str(),
+            event = kind,
+            subject,
             attempt,
             error = error.as_str(),
             delay_ms = *delay_ns as f64 / 1e6,
             elapsed_ms = *elapsed_ns as f64 / 1e6,
-            "attempt {attempt} of {operation} failed; retrying"
+            "{event}"
         ),
-        Event::MarkerInvalid { step, reason } => tracing::warn!(
-            event = event.kind(),
-            step = step.as_str(),
-            reason = reason.as_str(),
-            "the marker of step {step} does not hold; running it again"
-        ),
-        Event::StepResumed { step } | Event::StepCompleted { step, .. } => {
-            tracing::info!(event = event.kind(), step = step.as_str())
-        }
+        Event::MarkerInvalid { .. } => tracing::warn!(event = kind, subject, "{event}"),
+        _ => tracing::info!(event = kind, subject, "{event}"),
     }
 }
 
@@ -413,124 +291,12 @@ fn fnv1a(s: &str) -> u64 {
     })
 }
 
-/// Sets the thread's context and puts the previous one back when dropped,
-/// even when the scope panics.
-struct ScopeGuard {
-    previous: Option<Context>,
-}
-
-impl ScopeGuard {
-    fn enter(ctx: Context) -> Self {
-        let previous = CURRENT
-            .try_with(|c| c.borrow_mut().replace(ctx))
-            .ok()
-            .flatten();
-        ScopeGuard { previous }
-    }
-}
-
-impl Drop for ScopeGuard {
-    fn drop(&mut self) {
-        let previous = self.previous.take();
-        let _ = CURRENT.try_with(|c| *c.borrow_mut() = previous);
-    }
-}
-
-/// The future of [`Context::sleep`].
-pub struct Sleep {
-    inner: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-}
-
-impl Future for Sleep {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        match &mut self.inner {
-            Some(f) => f.as_mut().poll(cx),
-            None => Poll::Ready(()),
-        }
-    }
-}
-
-fn default_sleep(delay: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    #[cfg(feature = "tokio")]
-    if tokio::runtime::Handle::try_current().is_ok() {
-        return Box::pin(tokio::time::sleep(delay));
-    }
-    Box::pin(ThreadTimer::start(delay))
-}
-
-/// A timer for executors other than tokio: a helper thread sleeps, then
-/// wakes the task. Costs a thread per retry, which is small beside a delay.
-struct ThreadTimer {
-    shared: Arc<Mutex<(bool, Option<Waker>)>>,
-}
-
-impl ThreadTimer {
-    fn start(delay: Duration) -> Self {
-        let shared = Arc::new(Mutex::new((false, None::<Waker>)));
-        let remote = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
-            .name("recovery-timer".into())
-            .spawn(move || {
-                std::thread::sleep(delay);
-                let waker = {
-                    let mut s = lock(&remote);
-                    s.0 = true;
-                    s.1.take()
-                };
-                if let Some(w) = waker {
-                    w.wake();
-                }
-            });
-        if spawned.is_err() {
-            // No thread to be had: do not wait rather than hang forever.
-            lock(&shared).0 = true;
-        }
-        ThreadTimer { shared }
-    }
-}
-
-impl Future for ThreadTimer {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let mut s = lock(&self.shared);
-        if s.0 {
-            Poll::Ready(())
-        } else {
-            s.1 = Some(cx.waker().clone());
-            Poll::Pending
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A future that runs under a [`Context`] wherever it is polled; see
-    /// [`WithContext::with_context`].
-    pub struct Scoped<F> {
-        #[pin]
-        future: F,
-        ctx: Context,
-    }
-}
-
-impl<F: Future> Future for Scoped<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let _guard = ScopeGuard::enter(this.ctx.clone());
-        this.future.poll(cx)
-    }
-}
-
 /// Attaches a [`Context`] to a future, so that the retrying calls inside it
 /// use that context on whichever thread polls it.
 pub trait WithContext: Future + Sized {
     /// Runs this future under `ctx`.
     fn with_context(self, ctx: Context) -> Scoped<Self> {
-        Scoped { future: self, ctx }
+        Scoped::new(self, &CURRENT, ctx)
     }
 }
 
@@ -539,6 +305,7 @@ impl<F: Future> WithContext for F {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::observer::Recorder;
 
     fn retry_event(n: u32) -> Event {
         Event::RetryAttempted {
@@ -597,26 +364,5 @@ mod tests {
         assert_eq!(sa, sb);
         assert_ne!(sa[0], sa[1]);
         assert_ne!(a.jitter_seed("x"), b.jitter_seed("y"));
-    }
-
-    #[test]
-    fn thread_timer_wakes_without_tokio() {
-        let started = Instant::now();
-        // A minimal executor: poll, park until woken.
-        let mut fut = std::pin::pin!(ThreadTimer::start(Duration::from_millis(20)));
-        let thread = std::thread::current();
-        let waker = Waker::from(Arc::new(ThreadWaker(thread)));
-        let mut cx = std::task::Context::from_waker(&waker);
-        while fut.as_mut().poll(&mut cx).is_pending() {
-            std::thread::park();
-        }
-        assert!(started.elapsed() >= Duration::from_millis(20));
-    }
-
-    struct ThreadWaker(std::thread::Thread);
-    impl std::task::Wake for ThreadWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
     }
 }

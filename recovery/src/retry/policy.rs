@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use crate::backoff::Backoff;
-use crate::budget::RetryBudget;
+use crate::retry::backoff::Backoff;
+use crate::retry::budget::RetryBudget;
 
 /// The default number of attempts (the first call included): 3.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -41,7 +41,7 @@ impl RetryPolicy {
     pub const fn new() -> Self {
         Self {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
-            backoff: Backoff::new(crate::backoff::DEFAULT_BASE),
+            backoff: Backoff::new(crate::retry::backoff::DEFAULT_BASE),
             max_elapsed: None,
             budget: None,
         }

@@ -12,8 +12,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::fs::{FileSystem, atomic_write_with, context, parent_of};
-use crate::leftover::{Expect, refusal};
-use crate::names::OUTSIDE_STAGING_PREFIX;
+use crate::step::layout::outside_staging_names;
+use crate::step::leftover::{Expect, refusal};
 
 /// The journal's file name, in a step's staging directory.
 const JOURNAL: &str = "outside";
@@ -26,14 +26,12 @@ const JOURNAL_LIMIT: u64 = 1 << 20;
 /// to: both beside `final_path`.
 pub(crate) fn staging_paths(final_path: &Path, step_staging: &Path, n: u64) -> (PathBuf, PathBuf) {
     let parent = parent_of(final_path);
-    let step = step_staging
+    let execution = step_staging
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    (
-        parent.join(format!("{OUTSIDE_STAGING_PREFIX}{step}-o{n}")),
-        parent.join(format!("{OUTSIDE_STAGING_PREFIX}{step}-t{n}")),
-    )
+    let (staged, aside) = outside_staging_names(&execution, n);
+    (parent.join(staged), parent.join(aside))
 }
 
 /// Records `paths` as the complete list of what the step staged outside,
@@ -57,7 +55,7 @@ pub(crate) fn write_journal<'a>(
 
 /// What a crashed step's journal lists: only plain absolute paths named
 /// as [`staging_paths`] names them for this very step execution (the rule
-/// [`leftover::remove`](crate::leftover::remove) checks again at the
+/// [`leftover::remove`](crate::step::leftover::remove) checks again at the
 /// removal), so a damaged or hostile journal cannot make the sweep remove
 /// anything recovery did not create.
 pub(crate) fn leftovers(fs: &dyn FileSystem, step_staging: &Path) -> Vec<PathBuf> {

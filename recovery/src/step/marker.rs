@@ -8,12 +8,13 @@
 //! fingerprint matches and every output in the manifest is intact.
 
 use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::RunError;
 use crate::fs::{EntryKind, FileSystem};
+use crate::step::store::{MarkerVersion, StoredMarker};
 
 /// The marker format this version writes and reads.
 pub const MARKER_FORMAT: u32 = 1;
@@ -172,138 +173,49 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<MarkerState, RunError> {
 
 /// Reads the marker at `path`, as [`decode`] says. A symlink is refused.
 pub fn read(fs: &dyn FileSystem, path: &Path) -> Result<MarkerState, RunError> {
+    state_of(load(fs, path), path)
+}
+
+/// What a stored marker says; `location` names it in errors.
+pub fn state_of(stored: StoredMarker, location: &Path) -> Result<MarkerState, RunError> {
+    match stored {
+        StoredMarker::Missing => Ok(MarkerState::Missing),
+        StoredMarker::Found { bytes, .. } => decode(&bytes, location),
+        StoredMarker::Unreadable { reason, .. } => Ok(MarkerState::Invalid(reason)),
+    }
+}
+
+/// The marker file at `path` as it is: its bytes and their BLAKE3 as the
+/// version, or why it cannot be read (a symlink is not followed).
+pub(crate) fn load(fs: &dyn FileSystem, path: &Path) -> StoredMarker {
+    let unreadable = |reason: String, what: &str| StoredMarker::Unreadable {
+        reason,
+        version: MarkerVersion::new(format!("unreadable: {what}")),
+    };
     match fs.stat(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(MarkerState::Missing),
-        Err(e) => {
-            return Ok(MarkerState::Invalid(format!(
-                "the marker cannot be read ({e})"
-            )));
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return StoredMarker::Missing,
+        Err(e) => return unreadable(format!("the marker cannot be read ({e})"), "error"),
         Ok(stat) if stat.kind != EntryKind::File => {
-            return Ok(MarkerState::Invalid(format!(
-                "the marker is not a regular file (a {:?})",
-                stat.kind
-            )));
+            return unreadable(
+                format!("the marker is not a regular file (a {:?})", stat.kind),
+                &format!("{:?}", stat.kind),
+            );
         }
         Ok(_) => {}
     }
     match fs.read(path, MARKER_LIMIT) {
-        Ok(bytes) => decode(&bytes, path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(MarkerState::Missing),
-        Err(e) => Ok(MarkerState::Invalid(format!(
-            "the marker cannot be read ({e})"
-        ))),
+        Ok(bytes) => StoredMarker::Found {
+            version: version_of(&bytes),
+            bytes,
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => StoredMarker::Missing,
+        Err(e) => unreadable(format!("the marker cannot be read ({e})"), "error"),
     }
 }
 
-/// BLAKE3 of a file's content, streamed, as hex.
-pub fn hash_file(fs: &dyn FileSystem, path: &Path) -> io::Result<String> {
-    Ok(fs.hash(path)?.to_hex().to_string())
-}
-
-/// Checks every output in the manifest against the run directory: kind,
-/// size and hash. Returns the first mismatch, described. An entry is read
-/// only where an output may be: relative and inside the run directory, or
-/// absolute under one of the `outside` places the program allowed
-/// ([`Run::allow_outside`](crate::Run::allow_outside)); a marker that
-/// points anywhere else does not count.
-pub fn verify_outputs(
-    fs: &dyn FileSystem,
-    run_dir: &Path,
-    outside: &[PathBuf],
-    marker: &Marker,
-    mode: Verify,
-) -> Result<(), String> {
-    // One path buffer for all entries, and hashes compared as stack
-    // strings: checking a done step allocates nothing per output.
-    let mut path = PathBuf::with_capacity(run_dir.as_os_str().len() + 256);
-    for entry in &marker.outputs {
-        if let Err(reason) = check_place(&entry.path, outside) {
-            return Err(format!("output {:?} {reason}", entry.path));
-        }
-        path.as_mut_os_string().clear();
-        path.push(run_dir);
-        path.push(&entry.path);
-        let stat = fs
-            .stat(&path)
-            .map_err(|e| format!("output {} is missing or unreadable ({e})", entry.path))?;
-        let expected = match entry.kind {
-            OutputKind::File => EntryKind::File,
-            OutputKind::Dir => EntryKind::Dir,
-            OutputKind::Symlink => EntryKind::Symlink,
-        };
-        if stat.kind != expected {
-            return Err(format!(
-                "output {} is a {:?}, the marker recorded a {:?}",
-                entry.path, stat.kind, entry.kind
-            ));
-        }
-        match entry.kind {
-            OutputKind::File => {
-                if stat.len != entry.size {
-                    return Err(format!(
-                        "output {} has {} bytes, the marker recorded {}",
-                        entry.path, stat.len, entry.size
-                    ));
-                }
-                if mode == Verify::SizeMtime
-                    && entry.mtime_ns.is_some()
-                    && stat.mtime_ns == entry.mtime_ns
-                {
-                    continue;
-                }
-                let hash = fs
-                    .hash(&path)
-                    .map_err(|e| format!("output {} cannot be read ({e})", entry.path))?;
-                if entry.blake3.as_deref() != Some(hash.to_hex().as_str()) {
-                    return Err(format!(
-                        "output {} does not match its recorded hash",
-                        entry.path
-                    ));
-                }
-            }
-            OutputKind::Symlink => {
-                let target = fs
-                    .read_link(&path)
-                    .map_err(|e| format!("output {} cannot be read ({e})", entry.path))?;
-                let hash = blake3::hash(target.as_os_str().as_encoded_bytes());
-                if entry.blake3.as_deref() != Some(hash.to_hex().as_str()) {
-                    return Err(format!(
-                        "output {} points elsewhere than recorded",
-                        entry.path
-                    ));
-                }
-            }
-            OutputKind::Dir => {}
-        }
-    }
-    Ok(())
-}
-
-/// Whether a manifest path names a place an output may be.
-fn check_place(path: &str, outside: &[PathBuf]) -> Result<(), &'static str> {
-    let p = Path::new(path);
-    if path.is_empty() || path.contains('\0') {
-        return Err("is not a path");
-    }
-    if p.components()
-        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
-        return Err("has `.` or `..` components");
-    }
-    if p.is_absolute() {
-        if outside.iter().any(|place| p.starts_with(place)) {
-            return Ok(());
-        }
-        return Err(
-            "is outside the run directory and outside every place allowed \
-             (Run::allow_outside in a program, --allow-outside DIR for the recovery CLI)",
-        );
-    }
-    if p.has_root() {
-        return Err("is not relative to the run directory");
-    }
-    Ok(())
+/// The version of a marker file with these bytes.
+pub(crate) fn version_of(bytes: &[u8]) -> MarkerVersion {
+    MarkerVersion::of_content(bytes)
 }
 
 #[cfg(test)]
@@ -376,25 +288,6 @@ mod tests {
         m.format = MARKER_FORMAT + 1;
         let err = decode(&encode(&m).unwrap(), Path::new("m.json")).unwrap_err();
         assert!(err.to_string().contains("newer"), "{err}");
-    }
-
-    #[test]
-    fn manifest_paths_outside_the_allowed_places_are_not_read() {
-        let places = [PathBuf::from("/srv/exports")];
-        assert!(check_place("out/a.bin", &places).is_ok());
-        assert!(check_place("/srv/exports/site/index.html", &places).is_ok());
-        for bad in [
-            "../x",
-            "a/../../x",
-            "/etc/passwd",
-            "/srv/exports/../x",
-            "/srv/exportsx",
-            "",
-            "a\0b",
-        ] {
-            assert!(check_place(bad, &places).is_err(), "{bad:?}");
-        }
-        assert!(check_place("/srv/exports/a", &[]).is_err());
     }
 
     #[test]

@@ -4,18 +4,10 @@
 use std::path::{Component, Path};
 
 use crate::error::RunError;
+use crate::step::layout::{OUTSIDE_STAGING_PREFIX, RESERVED};
 
 /// The longest step name: it becomes a file name, with a suffix.
 pub const MAX_STEP_NAME: usize = 100;
-
-/// Names in the run directory that outputs may not take.
-pub const RESERVED: &[&str] = &[
-    "run.json",
-    "state",
-    "staging",
-    "events.jsonl",
-    "issues.jsonl",
-];
 
 /// Checks a step name: non-empty, at most 100 characters of
 /// `[A-Za-z0-9_.-]`, not `.` or `..`.
@@ -87,11 +79,6 @@ pub fn check_output_path(path: &str) -> Result<String, RunError> {
     }
     Ok(parts.join("/"))
 }
-
-/// The name prefix of what a step stages beside an output placed outside
-/// the run directory. Final paths may not take it: the sweep removes such
-/// names.
-pub const OUTSIDE_STAGING_PREFIX: &str = ".recovery-staging-";
 
 /// Checks the path of an output placed outside the run directory: absolute,
 /// UTF-8, no `.` or `..`, neither inside the run directory (use the

@@ -1,0 +1,251 @@
+//! The step driver: what `#[resumable_step]` expands to. Before the body,
+//! the step is registered and its marker checked (and checked again under
+//! the lease: another process may have finished it meanwhile); a done step
+//! returns its recorded value. Otherwise the body runs with the step
+//! current, and its result is committed or its failure recorded.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::RunError;
+use crate::report::event::Event;
+use crate::report::issue::{IssueCode, IssueRecord, Severity};
+use crate::retry::context::{Context, WithContext};
+use crate::step::commit::StepExecution;
+use crate::step::identity::{Fingerprint, StepDef};
+use crate::step::marker::MarkerState;
+use crate::step::run::Run;
+use crate::step::staging::Active;
+use crate::step::state::StepState;
+
+/// A step function's error type: it must carry a [`RunError`] (the step
+/// fails with one when its outputs cannot be committed) and have a text.
+#[diagnostic::on_unimplemented(
+    message = "the error type `{Self}` of a #[resumable_step] must implement `From<recovery::RunError>` and `Display`",
+    label = "a step fails with a RunError when its outputs cannot be committed, so its error type must hold one",
+    note = "add `impl From<recovery::RunError> for {Self}` (e.g. a variant `Run(recovery::RunError)`), or return `std::io::Result` / `anyhow::Result`, which have it"
+)]
+pub trait StepError: From<RunError> + Display {}
+impl<E: From<RunError> + Display> StepError for E {}
+
+/// A step function's return type: `Result<T, E>` with a serialisable `T`
+/// and an `E` that can carry a [`RunError`].
+#[diagnostic::on_unimplemented(
+    message = "a #[resumable_step] must return `Result<T, E>` with `T: Serialize + DeserializeOwned` and `E: From<recovery::RunError> + Display`; `{Self}` is not such a type",
+    label = "the step's value is recorded in its marker and its errors must hold a RunError",
+    note = "derive serde's Serialize and Deserialize for the value, and add a `From<recovery::RunError>` conversion to the error (std::io::Error and anyhow::Error have one)"
+)]
+pub trait StepResult: Sized {
+    /// `T`.
+    type Value: Serialize + DeserializeOwned;
+    /// `E`.
+    type Error: From<RunError> + Display;
+    /// Splits it.
+    fn into_result(self) -> Result<Self::Value, Self::Error>;
+    /// Builds it.
+    fn from_result(r: Result<Self::Value, Self::Error>) -> Self;
+}
+
+impl<T, E> StepResult for Result<T, E>
+where
+    T: Serialize + DeserializeOwned,
+    E: StepError,
+{
+    type Value = T;
+    type Error = E;
+
+    fn into_result(self) -> Self {
+        self
+    }
+
+    fn from_result(r: Self) -> Self {
+        r
+    }
+}
+
+enum Prepared<T> {
+    Resumed(T),
+    Run(StepExecution),
+}
+
+/// Registers the step, checks its marker, and if it is not done takes the
+/// lock and checks again (another process may have finished it meanwhile).
+fn prepare<T: DeserializeOwned>(
+    run: &Run,
+    def: &StepDef,
+    fingerprint: &Fingerprint,
+    ctx: &Context,
+) -> Result<Prepared<T>, RunError> {
+    run.register(def.name, def.site)?;
+    let state = run.step(def.name)?;
+    let check = |state: &StepState| -> Result<Result<T, Option<String>>, RunError> {
+        Ok(match state.check_with(fingerprint, def.verify)? {
+            MarkerState::Valid(m) => serde_json::from_value(m.value).map_err(|e| {
+                Some(format!(
+                    "the recorded value no longer reads as the step's type ({e})"
+                ))
+            }),
+            MarkerState::Invalid(reason) => Err(Some(reason)),
+            MarkerState::Missing => Err(None),
+        })
+    };
+    let resumed = |value| {
+        ctx.emit(&Event::StepResumed {
+            step: def.name.to_owned(),
+        });
+        Ok(Prepared::Resumed(value))
+    };
+    if let Ok(value) = check(&state)? {
+        return resumed(value);
+    }
+    let execution = state.begin()?;
+    match check(&state)? {
+        Ok(value) => resumed(value),
+        Err(reason) => {
+            if let Some(reason) = reason {
+                ctx.emit(&Event::MarkerInvalid {
+                    step: def.name.to_owned(),
+                    reason,
+                });
+            }
+            Ok(Prepared::Run(execution))
+        }
+    }
+}
+
+/// Commits a successful body, or records the failure.
+fn finish<R: StepResult>(
+    def: &StepDef,
+    fingerprint: &Fingerprint,
+    execution: StepExecution,
+    outcome: R,
+    ctx: &Context,
+) -> R {
+    let active = Arc::clone(&execution.active);
+    let result = match outcome.into_result() {
+        Ok(value) => {
+            match execution.commit_with(fingerprint, def.version, def.site, &value, def.verify) {
+                Ok(marker) => {
+                    ctx.emit(&Event::StepCompleted {
+                        step: def.name.to_owned(),
+                        outputs: marker.outputs.len() as u32,
+                    });
+                    return R::from_result(Ok(value));
+                }
+                Err(e) => {
+                    report_failure(ctx, def, Some(&active), &e);
+                    <R::Error as From<RunError>>::from(e)
+                }
+            }
+        }
+        Err(e) => {
+            drop(execution);
+            report_failure(ctx, def, Some(&active), &e);
+            e
+        }
+    };
+    R::from_result(Err(result))
+}
+
+fn report_failure(ctx: &Context, def: &StepDef, active: Option<&Active>, error: &dyn Display) {
+    let (attempts, slept_ns) = active.map_or((1, 0), |a| {
+        (
+            a.attempts.load(Ordering::Relaxed),
+            a.slept_ns.load(Ordering::Relaxed),
+        )
+    });
+    ctx.report(&IssueRecord {
+        error_code: IssueCode::StepFailed,
+        severity: Severity::Blocker,
+        operation: def.name.to_owned(),
+        attempts,
+        slept_ns,
+        last_error: error.to_string(),
+    });
+}
+
+/// What `#[resumable_step]` runs before each retried attempt of its body:
+/// drops every output the failed attempt declared.
+pub fn discard_attempt_outputs(run: &Run) -> Result<(), RunError> {
+    Active::current(run)?.discard()
+}
+
+/// What `#[resumable_step]` runs when the `#[retryable]` under it gives
+/// up: the step's `STEP_FAILED` record carries these figures.
+pub fn record_attempts(run: &Run, attempts: u32, slept: std::time::Duration) {
+    if let Ok(active) = Active::current(run) {
+        active.attempts.store(attempts.max(1), Ordering::Relaxed);
+        let ns = u64::try_from(slept.as_nanos()).unwrap_or(u64::MAX);
+        active.slept_ns.store(ns, Ordering::Relaxed);
+    }
+}
+
+/// A step's own error type made from a [`RunError`].
+pub fn step_error<R: StepResult>(error: RunError) -> R {
+    R::from_result(Err(error.into()))
+}
+
+/// What a step does before its body: the step's result already (resumed,
+/// or failed to start), or the execution to run the body in.
+fn start<R: StepResult>(
+    run: &Run,
+    def: &StepDef,
+    fingerprint: Result<Fingerprint, RunError>,
+    ctx: &Context,
+) -> Result<(Fingerprint, StepExecution), R> {
+    let prepared = fingerprint.and_then(|fp| {
+        let p = ctx.in_scope(|| prepare::<R::Value>(run, def, &fp, ctx))?;
+        Ok((fp, p))
+    });
+    match prepared {
+        Err(e) => {
+            report_failure(ctx, def, None, &e);
+            Err(R::from_result(Err(e.into())))
+        }
+        Ok((_, Prepared::Resumed(value))) => Err(R::from_result(Ok(value))),
+        Ok((fp, Prepared::Run(execution))) => Ok((fp, execution)),
+    }
+}
+
+/// Runs a step: returns its recorded value if it is done, else runs `body`
+/// with the step current, commits its outputs and writes its marker.
+/// What `#[resumable_step]` expands to for a sync function.
+pub fn run_step<R: StepResult, F: FnOnce() -> R>(
+    run: &Run,
+    def: &StepDef,
+    fingerprint: Result<Fingerprint, RunError>,
+    body: F,
+) -> R {
+    let ctx = run.context(&Context::current());
+    let (fp, execution) = match start::<R>(run, def, fingerprint, &ctx) {
+        Ok(started) => started,
+        Err(result) => return result,
+    };
+    let outcome = execution.in_scope(|| ctx.in_scope(body));
+    finish(def, &fp, execution, outcome, &ctx)
+}
+
+/// The async form of [`run_step`]: `body` is polled with the step current
+/// and the run's context in force, on whichever thread polls it.
+pub async fn run_step_async<R: StepResult, F: Future<Output = R>>(
+    run: &Run,
+    def: &StepDef,
+    fingerprint: Result<Fingerprint, RunError>,
+    body: F,
+) -> R {
+    let ctx = run.context(&Context::current());
+    let (fp, execution) = match start::<R>(run, def, fingerprint, &ctx) {
+        Ok(started) => started,
+        Err(result) => return result,
+    };
+    let outcome = execution
+        .active
+        .scoped(body.with_context(ctx.clone()))
+        .await;
+    finish(def, &fp, execution, outcome, &ctx)
+}

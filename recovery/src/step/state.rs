@@ -1,0 +1,265 @@
+//! The manual API: one step of a run, to check, load, begin and reset by
+//! hand ([`StepState`]). `#[resumable_step]` does all of this for you.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::RunError;
+use crate::step::commit::StepExecution;
+use crate::step::identity::Fingerprint;
+use crate::step::layout::{execution_name, parse_execution};
+use crate::step::manifest;
+use crate::step::marker::{Marker, MarkerState, Verify, state_of};
+use crate::step::names::check_step_name;
+use crate::step::run::Run;
+use crate::step::staging::Active;
+
+impl Run {
+    /// The state of the step `name` in this run.
+    ///
+    /// # Errors
+    /// When `name` is not a valid step name (see `#[resumable_step]`).
+    pub fn step(&self, name: &str) -> Result<StepState, RunError> {
+        check_step_name(name)?;
+        Ok(StepState {
+            run: self.clone(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// One step of a run: check, load, run and reset it by hand.
+/// `#[resumable_step]` does all of this for you.
+#[derive(Clone, Debug)]
+pub struct StepState {
+    run: Run,
+    name: String,
+}
+
+impl StepState {
+    /// The step's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the step's marker lives.
+    pub fn marker_path(&self) -> PathBuf {
+        self.run.layout().marker(&self.name)
+    }
+
+    /// The marker as it is on disk, its outputs verified (hashed), the
+    /// fingerprint not compared (what `recovery status` shows).
+    pub fn marker(&self) -> Result<MarkerState, RunError> {
+        self.marker_with(Verify::Hash)
+    }
+
+    /// The marker as it is in the store, decoded and checked (checksum,
+    /// format, step name), its outputs not verified: with
+    /// [`verify_outputs`](Self::verify_outputs), what
+    /// [`marker`](Self::marker) does in one call.
+    pub fn read_marker(&self) -> Result<MarkerState, RunError> {
+        let stored = self.run.store().read_marker(&self.name)?;
+        Ok(match state_of(stored, &self.marker_path())? {
+            MarkerState::Valid(m) if m.step != self.name => {
+                MarkerState::Invalid(format!("the marker belongs to step {:?}", m.step))
+            }
+            other => other,
+        })
+    }
+
+    /// Checks the outputs a marker lists, fetched first where the store
+    /// keeps them elsewhere: `Err` says which output does not match, how.
+    /// Only places the run allows are read (the run directory, and
+    /// [`Run::allow_outside`]).
+    pub fn verify_outputs(
+        &self,
+        marker: &Marker,
+        mode: Verify,
+    ) -> Result<Result<(), String>, RunError> {
+        self.run.store().fetch_outputs(marker)?;
+        Ok(self.run.with_outside(|places| {
+            manifest::verify(self.run.fs(), self.run.dir(), places, marker, mode)
+        }))
+    }
+
+    fn marker_with(&self, mode: Verify) -> Result<MarkerState, RunError> {
+        Ok(match self.read_marker()? {
+            MarkerState::Valid(m) => match self.verify_outputs(&m, mode)? {
+                Ok(()) => MarkerState::Valid(m),
+                Err(reason) => MarkerState::Invalid(reason),
+            },
+            other => other,
+        })
+    }
+
+    /// Whether the step is done for this fingerprint: the marker parses,
+    /// its checksum holds, the fingerprint matches and every output is
+    /// intact.
+    pub fn check(&self, fingerprint: &Fingerprint) -> Result<MarkerState, RunError> {
+        self.check_with(fingerprint, Verify::Hash)
+    }
+
+    /// [`check`](Self::check), with the outputs checked as `mode` says.
+    pub fn check_with(
+        &self,
+        fingerprint: &Fingerprint,
+        mode: Verify,
+    ) -> Result<MarkerState, RunError> {
+        Ok(match self.marker_with(mode)? {
+            MarkerState::Valid(m) if m.fingerprint != fingerprint.as_str() => {
+                MarkerState::Invalid("the step's key or version changed".into())
+            }
+            other => other,
+        })
+    }
+
+    /// [`check`](Self::check) for a key and version.
+    pub fn is_done<K: Serialize + ?Sized>(&self, key: &K, version: u32) -> Result<bool, RunError> {
+        let fp = Fingerprint::of(&self.name, key, version)?;
+        Ok(matches!(self.check(&fp)?, MarkerState::Valid(_)))
+    }
+
+    /// The recorded value, if the step is done for this key and version and
+    /// the value still reads as a `T`.
+    pub fn load<T: DeserializeOwned, K: Serialize + ?Sized>(
+        &self,
+        key: &K,
+        version: u32,
+    ) -> Result<Option<T>, RunError> {
+        let fp = Fingerprint::of(&self.name, key, version)?;
+        Ok(match self.check(&fp)? {
+            MarkerState::Valid(m) => serde_json::from_value(m.value).ok(),
+            _ => None,
+        })
+    }
+
+    /// Takes the step's lease (waiting while another process holds it) and
+    /// opens a staging area for its outputs.
+    ///
+    /// # Errors
+    /// [`RunError::MarkerPlaceTaken`] when a directory with files in it is
+    /// where the marker goes; any failed file operation.
+    pub fn begin(&self) -> Result<StepExecution, RunError> {
+        let lease = self.run.store().lease(&self.name)?;
+        // What a dead worker left of this step is ours now.
+        self.run.sweep_step(&self.name)?;
+        // The marker the commit replaces; nobody else changes it while we
+        // hold the lease.
+        let seen = self.run.store().read_marker(&self.name)?.version().cloned();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let staging =
+            self.run
+                .layout()
+                .staging()
+                .join(execution_name(&self.name, std::process::id(), n));
+        self.run
+            .fs()
+            .create_dir_all(&staging)
+            .map_err(|e| RunError::io("create staging", &staging, e))?;
+        let active = Active::new(self.run.clone(), self.name.clone(), staging);
+        Ok(StepExecution::new(Arc::new(active), lease, seen))
+    }
+
+    /// Invalidates the step: removes its marker, under the step's lease
+    /// (waiting while another process runs the step). Its outputs stay
+    /// until the step runs again. Returns whether there was a marker.
+    pub fn reset(&self) -> Result<bool, RunError> {
+        let lease = self.run.store().lease(&self.name)?;
+        self.reset_under(&lease)
+    }
+
+    /// [`reset`](Self::reset) without waiting: `None` when another process
+    /// is running the step right now ([`running_pids`](Self::running_pids)
+    /// says which).
+    pub fn try_reset(&self) -> Result<Option<bool>, RunError> {
+        match self.run.store().try_lease(&self.name)? {
+            Some(lease) => self.reset_under(&lease).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn reset_under(&self, lease: &crate::step::store::Lease) -> Result<bool, RunError> {
+        let store = self.run.store();
+        match store.read_marker(&self.name)?.version() {
+            Some(version) => store.remove_marker(lease, version),
+            None => Ok(false),
+        }
+    }
+
+    /// The processes with an execution of this step under way (or dead
+    /// without a sweep since), read from the names of its staging
+    /// directories.
+    pub fn running_pids(&self) -> Result<Vec<u32>, RunError> {
+        let names = self.run.list_or_empty(&self.run.layout().staging())?;
+        let mut pids: Vec<u32> = names
+            .iter()
+            .filter_map(|n| parse_execution(n))
+            .filter(|(step, _)| *step == self.name)
+            .map(|(_, pid)| pid)
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RunError;
+
+    #[test]
+    fn manual_steps_commit_and_resume() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = Run::open(tmp.path()).unwrap();
+        let step = run.step("build").unwrap();
+        assert!(!step.is_done(&"k", 1).unwrap());
+        let exec = step.begin().unwrap();
+        let out = exec.output_file("out/a.txt").unwrap();
+        std::fs::write(out.path(), b"hello").unwrap();
+        let marker = exec
+            .commit(
+                &Fingerprint::of("build", &"k", 1).unwrap(),
+                1,
+                "here",
+                &42u32,
+            )
+            .unwrap();
+        assert_eq!(marker.outputs.len(), 1);
+        assert_eq!(
+            std::fs::read(tmp.path().join("out/a.txt")).unwrap(),
+            b"hello"
+        );
+        assert!(step.is_done(&"k", 1).unwrap());
+        assert_eq!(step.load::<u32, _>(&"k", 1).unwrap(), Some(42));
+        assert!(!step.is_done(&"other", 1).unwrap());
+        assert!(step.reset().unwrap());
+        assert!(!step.is_done(&"k", 1).unwrap());
+        assert!(!step.reset().unwrap());
+    }
+
+    #[test]
+    fn a_declared_but_unwritten_output_fails_the_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = Run::open(tmp.path()).unwrap();
+        let exec = run.step("s").unwrap().begin().unwrap();
+        exec.output_file("never").unwrap();
+        let err = exec
+            .commit(&Fingerprint::of("s", &(), 1).unwrap(), 1, "x", &())
+            .unwrap_err();
+        assert!(matches!(err, RunError::OutputNotWritten { .. }), "{err}");
+        assert!(!run.marker_path("s").exists());
+    }
+
+    #[test]
+    fn outputs_outside_a_step_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = Run::open(tmp.path()).unwrap();
+        assert!(matches!(run.output_dir("x"), Err(RunError::NoActiveStep)));
+    }
+}
