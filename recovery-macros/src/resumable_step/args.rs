@@ -175,23 +175,7 @@ fn verify(value: &Expr) -> syn::Result<VerifyMode> {
 
 /// The run-time rule of `recovery::check_step_name`, at compile time.
 fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("it is empty".into());
-    }
-    if name == "." || name == ".." {
-        return Err(format!("{name:?} names a directory"));
-    }
-    if name.len() > 100 {
-        return Err("it is longer than 100 characters".into());
-    }
-    match name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
-    {
-        Some('/' | '\\') => Err("it contains a path separator".into()),
-        Some(c) => Err(format!("it contains the character {c:?}")),
-        None => Ok(()),
-    }
+    recovery_rules::step_name_problem(name).map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

@@ -29,8 +29,8 @@ pub const KEYS: &[&str] = &[
 
 const JITTERS: &[&str] = &["none", "full", "equal", "decorrelated"];
 
-// Defaults, the same as the runtime's (documented on `recovery::retryable`).
-pub const DEFAULT_BASE: Duration = Duration::from_millis(100);
+// The runtime's default, from the one place both read it.
+use recovery_rules::DEFAULT_BASE;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum JitterKind {

@@ -169,29 +169,18 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
             }
             let run = Run::open_existing(run_dir)?;
             let log = run.events()?;
-            for event in log.records.iter().filter(|e| {
+            let shown = log.records.iter().filter(|e| {
                 kind.as_deref().is_none_or(|k| e.kind() == k)
                     && step.as_deref().is_none_or(|s| e.subject() == s)
-            }) {
-                if json {
-                    outln!("{}", to_json(event));
-                } else {
-                    outln!("{}", describe_event(event));
-                }
-            }
+            });
+            print_records(shown, json, describe_event)?;
             warn_skipped(log.skipped, &run.events_path());
             Ok(ExitCode::SUCCESS)
         }
         Command::Issues { run_dir, json } => {
             let run = Run::open_existing(run_dir)?;
             let log = run.issues()?;
-            for issue in &log.records {
-                if json {
-                    outln!("{}", to_json(issue));
-                } else {
-                    outln!("{}", describe_issue(issue));
-                }
-            }
+            print_records(&log.records, json, describe_issue)?;
             warn_skipped(log.skipped, &run.issues_path());
             Ok(ExitCode::SUCCESS)
         }
@@ -410,6 +399,22 @@ fn when(ms: u64) -> String {
 
 fn to_json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+/// One line per record: JSON, or its text.
+fn print_records<'a, T: serde::Serialize + 'a>(
+    records: impl IntoIterator<Item = &'a T>,
+    json: bool,
+    describe: fn(&T) -> String,
+) -> Result<(), CliError> {
+    for record in records {
+        if json {
+            outln!("{}", to_json(record));
+        } else {
+            outln!("{}", describe(record));
+        }
+    }
+    Ok(())
 }
 
 /// The kind, then the event's one text (the same as `tracing` and the

@@ -40,7 +40,7 @@ pub enum Jitter {
 }
 
 /// The default first delay: 100 ms.
-pub const DEFAULT_BASE: Duration = Duration::from_millis(100);
+pub use recovery_rules::DEFAULT_BASE;
 /// The default growth factor per retry: 2.
 pub const DEFAULT_MULTIPLIER: f64 = 2.0;
 /// The default cap on a single delay: 30 s (or `base`, if that is larger).

@@ -190,25 +190,26 @@ pub fn step_error<R: StepResult>(error: RunError) -> R {
     R::from_result(Err(error.into()))
 }
 
-/// What a step does before its body: the step's result already (resumed,
-/// or failed to start), or the execution to run the body in.
+/// What a step does before its body, sync or async: the step's result
+/// already (resumed, or failed to start), or the run's context and the
+/// execution to run the body in.
 fn start<R: StepResult>(
     run: &Run,
     def: &StepDef,
     fingerprint: Result<Fingerprint, RunError>,
-    ctx: &Context,
-) -> Result<(Fingerprint, StepExecution), R> {
+) -> Result<(Context, Fingerprint, StepExecution), R> {
+    let ctx = run.context(&Context::current());
     let prepared = fingerprint.and_then(|fp| {
-        let p = ctx.in_scope(|| prepare::<R::Value>(run, def, &fp, ctx))?;
+        let p = ctx.in_scope(|| prepare::<R::Value>(run, def, &fp, &ctx))?;
         Ok((fp, p))
     });
     match prepared {
         Err(e) => {
-            report_failure(ctx, def, None, &e);
+            report_failure(&ctx, def, None, &e);
             Err(R::from_result(Err(e.into())))
         }
         Ok((_, Prepared::Resumed(value))) => Err(R::from_result(Ok(value))),
-        Ok((fp, Prepared::Run(execution))) => Ok((fp, execution)),
+        Ok((fp, Prepared::Run(execution))) => Ok((ctx, fp, execution)),
     }
 }
 
@@ -221,13 +222,13 @@ pub fn run_step<R: StepResult, F: FnOnce() -> R>(
     fingerprint: Result<Fingerprint, RunError>,
     body: F,
 ) -> R {
-    let ctx = run.context(&Context::current());
-    let (fp, execution) = match start::<R>(run, def, fingerprint, &ctx) {
-        Ok(started) => started,
-        Err(result) => return result,
-    };
-    let outcome = execution.in_scope(|| ctx.in_scope(body));
-    finish(def, &fp, execution, outcome, &ctx)
+    match start::<R>(run, def, fingerprint) {
+        Ok((ctx, fp, execution)) => {
+            let outcome = execution.in_scope(|| ctx.in_scope(body));
+            finish(def, &fp, execution, outcome, &ctx)
+        }
+        Err(result) => result,
+    }
 }
 
 /// The async form of [`run_step`]: `body` is polled with the step current
@@ -238,14 +239,11 @@ pub async fn run_step_async<R: StepResult, F: Future<Output = R>>(
     fingerprint: Result<Fingerprint, RunError>,
     body: F,
 ) -> R {
-    let ctx = run.context(&Context::current());
-    let (fp, execution) = match start::<R>(run, def, fingerprint, &ctx) {
+    let started = start::<R>(run, def, fingerprint);
+    let (ctx, fp, execution) = match started {
         Ok(started) => started,
         Err(result) => return result,
     };
-    let outcome = execution
-        .active
-        .scoped(body.with_context(ctx.clone()))
-        .await;
-    finish(def, &fp, execution, outcome, &ctx)
+    let in_step = execution.active.scoped(body.with_context(ctx.clone()));
+    finish(def, &fp, execution, in_step.await, &ctx)
 }

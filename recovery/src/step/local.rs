@@ -206,29 +206,9 @@ impl StepStore for LocalStore {
         Ok(())
     }
 
-    /// Outputs replace their previous versions in place, so a stale marker
-    /// is taken away (durably) before they change: it must not vouch for
-    /// outputs half replaced; and a marker other than the one seen stops
-    /// the commit before anything moves. Then the outputs are renamed into
-    /// place, and the marker is created last.
-    fn commit(
-        &self,
-        lease: &Lease,
-        outputs: &[Publish<'_>],
-        marker: &[u8],
-        seen: Option<&MarkerVersion>,
-    ) -> Result<Put, RunError> {
-        let withdrawn = match seen {
-            Some(seen) => self.remove_marker(lease, seen)?,
-            // Checked before the outputs move: they would replace what an
-            // unexpected marker vouches for.
-            None => self.read_marker(lease.step())? == StoredMarker::Missing,
-        };
-        if !withdrawn {
-            return Ok(Put::Conflict);
-        }
-        self.publish_outputs(lease, outputs)?;
-        self.create_marker(lease, marker)
+    /// Outputs are renamed over their previous versions.
+    fn outputs_in_place(&self) -> bool {
+        true
     }
 
     /// The outputs are where the marker says, on this disk: nothing to

@@ -221,14 +221,20 @@ pub trait StepStore: Send + Sync + fmt::Debug + 'static {
     /// Publishes the staged outputs where a reader of a marker finds them.
     fn publish_outputs(&self, lease: &Lease, outputs: &[Publish<'_>]) -> Result<(), RunError>;
 
+    /// Whether published outputs replace the previous ones in place (the
+    /// run directory) rather than live apart per commit (object storage).
+    /// In place, a stale marker must not vouch for outputs half replaced,
+    /// so [`commit`](Self::commit) takes it away before they move.
+    fn outputs_in_place(&self) -> bool {
+        false
+    }
+
     /// Commits a step: publishes `outputs`, then makes `marker` its marker
     /// if the marker is still as the caller saw it (`seen`; `None` for no
     /// marker). Until this returns [`Put::Written`] the step is not done;
-    /// after [`Put::Conflict`] no marker refers to what it published.
-    ///
-    /// The default publishes, then creates or replaces; a store whose
-    /// outputs replace the previous ones in place overrides it to take the
-    /// stale marker away first.
+    /// after [`Put::Conflict`] no marker refers to what it published. The
+    /// protocol is the same for every store; a store tells it only
+    /// [`outputs_in_place`](Self::outputs_in_place).
     fn commit(
         &self,
         lease: &Lease,
@@ -236,8 +242,21 @@ pub trait StepStore: Send + Sync + fmt::Debug + 'static {
         marker: &[u8],
         seen: Option<&MarkerVersion>,
     ) -> Result<Put, RunError> {
+        let mut expected = seen;
+        if self.outputs_in_place() {
+            // Durably withdrawn first; and a marker other than the one seen
+            // stops the commit before anything moves.
+            let withdrawn = match seen {
+                Some(version) => self.remove_marker(lease, version)?,
+                None => self.read_marker(lease.step())? == StoredMarker::Missing,
+            };
+            if !withdrawn {
+                return Ok(Put::Conflict);
+            }
+            expected = None;
+        }
         self.publish_outputs(lease, outputs)?;
-        match seen {
+        match expected {
             None => self.create_marker(lease, marker),
             Some(version) => self.replace_marker(lease, marker, version),
         }
