@@ -27,7 +27,7 @@ fn a_local_marker_written_behind_the_store_is_not_overwritten() {
     std::fs::write(run.marker_path("by-hand"), b"written by hand").unwrap();
     assert_eq!(
         store.create_marker(&lease, b"ours").unwrap(),
-        recovery::Put::Conflict
+        recovery::store::Put::Conflict
     );
     assert_eq!(
         std::fs::read(run.marker_path("by-hand")).unwrap(),

@@ -89,8 +89,8 @@ pub use retry::{
 };
 pub use scope::Scoped;
 pub use step::{
-    Fingerprint, Lease, LocalStore, MarkerVersion, Publish, Put, RUN_FORMAT, Run, StagedOutput,
-    StepExecution, StepState, StepStore, StoredMarker, check_output_path, check_step_name,
+    Fingerprint, RUN_FORMAT, Run, StagedOutput, StepExecution, StepState, StepStore,
+    check_output_path, check_step_name,
 };
 pub use step::{manifest, marker, store};
 

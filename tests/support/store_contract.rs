@@ -4,9 +4,8 @@
 
 use std::path::Path;
 
-use recovery::{
-    Event, IssueCode, IssueRecord, MarkerVersion, Publish, Put, StepStore, StoredMarker,
-};
+use recovery::store::{MarkerVersion, Publish, Put, StepStore, StoredMarker};
+use recovery::{Event, IssueCode, IssueRecord};
 
 /// What a test gives the suite: the store, and where outputs are staged
 /// and published for it (on one file system, as a step's would be).

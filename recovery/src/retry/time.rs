@@ -74,7 +74,7 @@ impl VirtualClock {
     }
 }
 
-/// The future of [`Context::sleep`].
+/// The future of [`Context::sleep`](crate::Context::sleep).
 pub struct Sleep {
     inner: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }

@@ -1,5 +1,5 @@
 //! The manifest of a step's outputs: written at the commit (each output
-//! synced and hashed, [`record`]) and checked before the step is resumed
+//! synced and hashed) and checked before the step is resumed
 //! ([`verify`]).
 
 use std::io;

@@ -3,8 +3,9 @@
 //! The driver stages a step's outputs on the local disk, hashes them into
 //! the marker's manifest, and hands the rest to a store: reading and
 //! writing markers, leasing steps, publishing outputs, fetching them back,
-//! and keeping the logs. [`LocalStore`](crate::step::LocalStore), the run
-//! directory, is the first store; one on object storage is the next.
+//! and keeping the logs. [`LocalStore`], the run directory, is the first
+//! store ([`Run::store`](crate::Run::store) gives a run's); one on object
+//! storage is the next.
 //!
 //! # The contract
 //! - **The marker is the commit point.** A step is done exactly when its
@@ -43,6 +44,8 @@ use crate::report::event::Event;
 use crate::report::issue::IssueRecord;
 use crate::report::log::LogRead;
 use crate::step::marker::Marker;
+
+pub use crate::step::local::LocalStore;
 
 /// A version of a step's marker, as its store compares them: a token of
 /// the store's own (an ETag), or the BLAKE3 of the marker's bytes.
