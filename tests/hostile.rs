@@ -359,6 +359,7 @@ fn sample_marker() -> marker::Marker {
     marker::Marker {
         format: marker::MARKER_FORMAT,
         step: "s".into(),
+        item: None,
         version: 1,
         fingerprint: "blake3:ab".into(),
         site: "m::f".into(),

@@ -23,7 +23,9 @@ fn a_local_marker_written_behind_the_store_is_not_overwritten() {
     let tmp = tempfile::tempdir().unwrap();
     let run = Run::open(tmp.path().join("run")).unwrap();
     let store = run.store();
-    let lease = store.lease("by-hand").unwrap();
+    let lease = store
+        .lease(&recovery::StepId::plain("by-hand").unwrap())
+        .unwrap();
     std::fs::write(run.marker_path("by-hand"), b"written by hand").unwrap();
     assert_eq!(
         store.create_marker(&lease, b"ours").unwrap(),

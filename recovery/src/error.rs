@@ -106,8 +106,10 @@ pub enum RunError {
     },
     /// `output_dir` and friends were called outside a step's body.
     #[error(
-        "no step is running here: call Run::output_dir / output_file / write_output inside the \
-         body of a #[resumable_step] (or between StepState::begin and commit)"
+        "no step is running on this thread: call Run::output_dir / output_file / write_output \
+         inside the body of a #[resumable_step] (or between StepState::begin and commit); \
+         from a thread the body started, take the step with recovery::Step::current() in the \
+         body and call step.output_dir / output_file / write_output on it there"
     )]
     NoActiveStep,
     /// Something that is not a marker (a non-empty directory) sits where a
@@ -123,6 +125,48 @@ pub enum RunError {
         step: String,
         /// The marker's path.
         path: PathBuf,
+    },
+    /// An output was declared after the step's body returned (from a
+    /// thread that outlived it, through a [`Step`](crate::Step) handle).
+    #[error(
+        "step {step}: output {path:?} was declared after the step's body returned; \
+         declare outputs while the body runs (join the threads that write them before it returns)"
+    )]
+    StepEnded {
+        /// The step (and item).
+        step: String,
+        /// The output.
+        path: String,
+    },
+    /// Two steps (two items of a family, most often) running at once
+    /// declared one output.
+    #[error(
+        "step {step}: output {path:?} is being written by {other} right now (as {other_path:?}); \
+         two running steps cannot share an output: give each item a path of its own, \
+         e.g. format!(\"index/{{}}\", item)"
+    )]
+    OutputClaimed {
+        /// The step that declared it second.
+        step: String,
+        /// Its path.
+        path: String,
+        /// The step that holds it.
+        other: String,
+        /// The path that one declared.
+        other_path: String,
+    },
+    /// A step name used both by a family (`item = ...`) and a plain step.
+    #[error(
+        "step name {name:?} is a family (`item = ...`) at {family} and a plain step at {plain}; \
+         one name is one or the other: rename one of them"
+    )]
+    FamilyAndPlainStep {
+        /// The name.
+        name: String,
+        /// The function that uses it with `item`.
+        family: String,
+        /// The function that uses it without.
+        plain: String,
     },
     /// A step's marker changed while the step ran, by someone who did not
     /// hold its lease: this run's result was not recorded.

@@ -89,8 +89,8 @@ pub use retry::{
 };
 pub use scope::Scoped;
 pub use step::{
-    Fingerprint, RUN_FORMAT, Run, StagedOutput, StepExecution, StepState, StepStore,
-    check_output_path, check_step_name,
+    Fingerprint, ItemEntry, RUN_FORMAT, Run, StagedOutput, Step, StepExecution, StepId, StepState,
+    StepStore, check_output_path, check_step_name,
 };
 pub use step::{manifest, marker, store};
 

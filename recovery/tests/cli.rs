@@ -252,6 +252,7 @@ fn a_closed_stdout_pipe_ends_the_command_quietly() {
     for _ in 0..20_000 {
         run.log_event(&recovery::Event::StepResumed {
             step: "fetch".into(),
+            item: None,
         });
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_recovery"))

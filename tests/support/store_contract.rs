@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use recovery::store::{MarkerVersion, Publish, Put, StepStore, StoredMarker};
-use recovery::{Event, IssueCode, IssueRecord};
+use recovery::{Event, IssueCode, IssueRecord, StepId};
 
 /// What a test gives the suite: the store, and where outputs are staged
 /// and published for it (on one file system, as a step's would be).
@@ -24,11 +24,12 @@ pub fn check_store(s: &Subject<'_>) {
     commit_publishes_then_writes_the_marker(s);
     commit_refuses_a_marker_it_did_not_see(s);
     leases_exclude_each_other_and_fence_upwards(s);
+    items_of_a_family_are_instances_of_their_own(s);
     logs_keep_records_in_order(s);
     tidy_leaves_committed_state_alone(s);
 }
 
-fn found(store: &dyn StepStore, step: &str) -> (Vec<u8>, MarkerVersion) {
+fn found(store: &dyn StepStore, step: &StepId) -> (Vec<u8>, MarkerVersion) {
     match store.read_marker(step).unwrap() {
         StoredMarker::Found { bytes, version } => (bytes, version),
         other => panic!("{step}: expected a marker, found {other:?}"),
@@ -46,23 +47,33 @@ fn written(put: Put) -> MarkerVersion {
 /// conflict that changes nothing.
 fn conditional_create(s: &Subject<'_>) {
     let store = s.store;
-    let step = "contract-create";
+    let step = &StepId::plain("contract-create").unwrap();
     assert_eq!(store.read_marker(step).unwrap(), StoredMarker::Missing);
-    assert!(!store.marked_steps().unwrap().contains(&step.to_owned()));
+    assert!(
+        !store
+            .marked_steps()
+            .unwrap()
+            .contains(&step.name().to_owned())
+    );
     let lease = store.lease(step).unwrap();
     assert_eq!(lease.step(), step);
     let v1 = written(store.create_marker(&lease, b"one").unwrap());
     assert_eq!(found(store, step), (b"one".to_vec(), v1.clone()));
     assert_eq!(store.create_marker(&lease, b"two").unwrap(), Put::Conflict);
     assert_eq!(found(store, step), (b"one".to_vec(), v1));
-    assert!(store.marked_steps().unwrap().contains(&step.to_owned()));
+    assert!(
+        store
+            .marked_steps()
+            .unwrap()
+            .contains(&step.name().to_owned())
+    );
 }
 
 /// Replace and remove happen only on the version named; a read gives the
 /// version a write returned; every write gives a new version.
 fn replace_and_remove_name_the_version_they_change(s: &Subject<'_>) {
     let store = s.store;
-    let step = "contract-replace";
+    let step = &StepId::plain("contract-replace").unwrap();
     let lease = store.lease(step).unwrap();
     let v1 = written(store.create_marker(&lease, b"one").unwrap());
     let other = MarkerVersion::new("a version nobody wrote");
@@ -90,7 +101,7 @@ fn replace_and_remove_name_the_version_they_change(s: &Subject<'_>) {
 /// that saw that marker replaces both.
 fn commit_publishes_then_writes_the_marker(s: &Subject<'_>) {
     let store = s.store;
-    let step = "contract-commit";
+    let step = &StepId::plain("contract-commit").unwrap();
     let lease = store.lease(step).unwrap();
     let publish = |content: &[u8], seen: Option<&MarkerVersion>, marker: &[u8]| {
         let staged = s.staging.join(format!("{step}-staged"));
@@ -117,7 +128,7 @@ fn commit_publishes_then_writes_the_marker(s: &Subject<'_>) {
 /// one, or another version) does not write the marker.
 fn commit_refuses_a_marker_it_did_not_see(s: &Subject<'_>) {
     let store = s.store;
-    let step = "contract-conflict";
+    let step = &StepId::plain("contract-conflict").unwrap();
     let lease = store.lease(step).unwrap();
     let v1 = written(store.create_marker(&lease, b"winner").unwrap());
     assert_eq!(
@@ -136,7 +147,7 @@ fn commit_refuses_a_marker_it_did_not_see(s: &Subject<'_>) {
 /// One holder at a time; a lease ends when dropped; epochs never go down.
 fn leases_exclude_each_other_and_fence_upwards(s: &Subject<'_>) {
     let store = s.store;
-    let step = "contract-lease";
+    let step = &StepId::plain("contract-lease").unwrap();
     assert!(!store.is_leased(step).unwrap());
     let first = store.lease(step).unwrap();
     assert!(store.is_leased(step).unwrap());
@@ -153,7 +164,62 @@ fn leases_exclude_each_other_and_fence_upwards(s: &Subject<'_>) {
     assert!(!store.is_leased(step).unwrap());
     let second = store.try_lease(step).unwrap().expect("free after drop");
     assert!(second.epoch() >= epoch, "an epoch went down");
-    assert!(store.leased_steps().unwrap().contains(&step.to_owned()));
+    assert!(
+        store
+            .leased_steps()
+            .unwrap()
+            .contains(&step.name().to_owned())
+    );
+}
+
+/// Each item of a family has its own marker and lease; the family's items
+/// with a marker are listed, and a plain step of another name is not.
+fn items_of_a_family_are_instances_of_their_own(s: &Subject<'_>) {
+    let store = s.store;
+    let items: Vec<StepId> = (0..20)
+        .map(|n| StepId::item("contract-family", &n).unwrap().0)
+        .collect();
+    let first = store.lease(&items[0]).unwrap();
+    // Another item's lease is free while the first is held.
+    let second = store
+        .try_lease(&items[1])
+        .unwrap()
+        .expect("items lease apart");
+    written(store.create_marker(&first, b"item 0").unwrap());
+    assert_eq!(store.read_marker(&items[1]).unwrap(), StoredMarker::Missing);
+    written(store.create_marker(&second, b"item 1").unwrap());
+    drop((first, second));
+    for id in &items[2..] {
+        let lease = store.lease(id).unwrap();
+        written(
+            store
+                .create_marker(&lease, id.item_id().unwrap().as_bytes())
+                .unwrap(),
+        );
+    }
+    assert_eq!(found(store, &items[0]).0, b"item 0");
+    let mut listed: Vec<StepId> = store
+        .marked_items("contract-family")
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    listed.sort_by(|a, b| a.item_id().cmp(&b.item_id()));
+    let mut expected = items.clone();
+    expected.sort_by(|a, b| a.item_id().cmp(&b.item_id()));
+    assert_eq!(listed, expected);
+    assert!(
+        store
+            .families()
+            .unwrap()
+            .contains(&"contract-family".to_owned())
+    );
+    assert!(
+        !store
+            .marked_steps()
+            .unwrap()
+            .contains(&"contract-family".to_owned())
+    );
+    assert_eq!(store.marked_items("contract-none").unwrap().count(), 0);
 }
 
 /// Appended events and issue records read back in order.
@@ -162,6 +228,7 @@ fn logs_keep_records_in_order(s: &Subject<'_>) {
     let events: Vec<Event> = (1..=3)
         .map(|n| Event::StepCompleted {
             step: format!("contract-log-{n}"),
+            item: None,
             outputs: n,
         })
         .collect();
@@ -172,6 +239,7 @@ fn logs_keep_records_in_order(s: &Subject<'_>) {
         error_code: IssueCode::StepFailed,
         severity: recovery::Severity::Blocker,
         operation: "contract-log".into(),
+        item: None,
         attempts: 2,
         slept_ns: 5,
         last_error: "boom".into(),
@@ -187,7 +255,7 @@ fn logs_keep_records_in_order(s: &Subject<'_>) {
 /// stays, whoever holds its step.
 fn tidy_leaves_committed_state_alone(s: &Subject<'_>) {
     let store = s.store;
-    let step = "contract-tidy";
+    let step = &StepId::plain("contract-tidy").unwrap();
     let v = {
         let lease = store.lease(step).unwrap();
         written(store.create_marker(&lease, b"kept").unwrap())

@@ -1,4 +1,4 @@
-//! `#[resumable_step("name", key = ..., version = N, run = ..., verify = "...", crate = "...")]`.
+//! `#[resumable_step("name", item = ..., key = ..., version = N, run = ..., verify = "...", crate = "...")]`.
 
 use proc_macro2::Span;
 use syn::parse::{ParseStream, Parser};
@@ -9,7 +9,7 @@ use crate::errors::Errors;
 use crate::meta::{RawArg, admit_key, crate_path, parse_list};
 use crate::value::{is_negative_literal, literal};
 
-const KEYS: &[&str] = &["key", "version", "run", "verify", "crate"];
+const KEYS: &[&str] = &["item", "key", "version", "run", "verify", "crate"];
 
 /// How a done step's outputs are checked: `recovery::marker::Verify`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub enum VerifyMode {
 
 pub struct StepArgs {
     pub name: Option<(String, Span)>,
+    /// `item = expr`: the step is a family, one instance per item.
+    pub item: Option<Expr>,
     pub key: Option<Expr>,
     pub version: u32,
     pub run: Option<Expr>,
@@ -56,6 +58,7 @@ impl StepArgs {
     pub fn parse(attr: proc_macro2::TokenStream, errors: &mut Errors) -> StepArgs {
         let mut args = StepArgs {
             name: None,
+            item: None,
             key: None,
             version: 1,
             run: None,
@@ -88,6 +91,7 @@ impl StepArgs {
             };
             let Some(value) = value else {
                 let example = match k.as_str() {
+                    "item" => "`item = repo.name`",
                     "key" => "`key = (url, rev)`",
                     "version" => "`version = 2`",
                     "run" => "`run = self.run`",
@@ -98,6 +102,10 @@ impl StepArgs {
                 continue;
             };
             match k.as_str() {
+                "item" => match item(value) {
+                    Ok(v) => args.item = Some(v),
+                    Err(e) => errors.push(e),
+                },
                 "key" => args.key = Some(value),
                 "run" => args.run = Some(value),
                 "version" => match version(&value) {
@@ -116,6 +124,19 @@ impl StepArgs {
         }
         args
     }
+}
+
+/// An item must tell calls apart: a literal names one item on every call.
+fn item(value: Expr) -> syn::Result<Expr> {
+    if literal(&value).is_some() {
+        return Err(syn::Error::new_spanned(
+            &value,
+            "`item` names the same item on every call when it is a literal, so the family would \
+             have one instance; give an expression of the function's arguments, e.g. \
+             `item = repo.name` or `item = (owner, page)` (or drop `item` for a plain step)",
+        ));
+    }
+    Ok(value)
 }
 
 fn version(value: &Expr) -> syn::Result<u32> {

@@ -174,18 +174,26 @@ fn generate(
         }
         None => quote!(#p::fingerprint(#name, &#key, #version)),
     };
+    // Spanned at the item, so an item that is not serialisable is named there.
+    let family = args.item.is_some();
+    let instance = match &args.item {
+        Some(expr) => crate::function::respan(quote!(#p::step_item(#name, &(#expr))), expr.span()),
+        None => quote!(#p::plain_step(#name)),
+    };
     let fn_name = func.sig.ident.to_string();
     let body = &func.block;
     let call = if func.sig.asyncness.is_some() {
         quote! {
             #p::run_step_async::<#ret, _>(
-                &__recovery_step_run, &__RECOVERY_STEP, __recovery_step_key, async #body,
+                &__recovery_step_run, &__RECOVERY_STEP, __recovery_step_instance,
+                __recovery_step_key, async #body,
             ).await
         }
     } else {
         quote! {
             #p::run_step::<#ret, _>(
-                &__recovery_step_run, &__RECOVERY_STEP, __recovery_step_key, || #body,
+                &__recovery_step_run, &__RECOVERY_STEP, __recovery_step_instance,
+                __recovery_step_key, || #body,
             )
         }
     };
@@ -199,10 +207,12 @@ fn generate(
             version: #version,
             site: ::core::concat!(::core::module_path!(), "::", #fn_name),
             verify: #verify,
+            family: #family,
         };
         // An owned handle, so the body may borrow what the Run came from.
         let __recovery_step_run: #p::Run = #p::Clone::clone(#p::borrow_run(&(#run)));
-        // Fingerprinted before the body takes its arguments.
+        // Identified and fingerprinted before the body takes its arguments.
+        let __recovery_step_instance = #instance;
         let __recovery_step_key = #fingerprint;
         #call
     }};

@@ -8,6 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// One event. New kinds may be added, so match with a wildcard arm.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,12 +37,18 @@ pub enum Event {
     StepResumed {
         /// The step's name.
         step: String,
+        /// For an item of a family, the item as JSON.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<Value>,
     },
     /// A step's body succeeded, its outputs were committed and its marker
     /// written.
     StepCompleted {
         /// The step's name.
         step: String,
+        /// For an item of a family, the item as JSON.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<Value>,
         /// Entries in the marker's manifest.
         outputs: u32,
     },
@@ -49,6 +56,9 @@ pub enum Event {
     MarkerInvalid {
         /// The step's name.
         step: String,
+        /// For an item of a family, the item as JSON.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<Value>,
         /// Why it does not count.
         reason: String,
     },
@@ -59,9 +69,19 @@ impl Event {
     pub fn subject(&self) -> &str {
         match self {
             Event::RetryAttempted { operation, .. } => operation,
-            Event::StepResumed { step }
+            Event::StepResumed { step, .. }
             | Event::StepCompleted { step, .. }
             | Event::MarkerInvalid { step, .. } => step,
+        }
+    }
+
+    /// The item, for an event about an item of a family.
+    pub fn item(&self) -> Option<&Value> {
+        match self {
+            Event::RetryAttempted { .. } => None,
+            Event::StepResumed { item, .. }
+            | Event::StepCompleted { item, .. }
+            | Event::MarkerInvalid { item, .. } => item.as_ref(),
         }
     }
 
@@ -87,7 +107,10 @@ impl Event {
 /// `[clone] attempt 1 failed: connection reset; retrying in 149ms`.
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}] ", self.subject())?;
+        match self.item() {
+            None => write!(f, "[{}] ", self.subject())?,
+            Some(item) => write!(f, "[{} {item}] ", self.subject())?,
+        }
         match self {
             Event::RetryAttempted {
                 attempt,
@@ -129,18 +152,32 @@ mod tests {
         );
         let done = Event::StepCompleted {
             step: "index".into(),
+            item: None,
             outputs: 3,
         };
         assert_eq!(done.to_string(), "[index] done (3 outputs committed)");
+        let item = Event::StepCompleted {
+            step: "index".into(),
+            item: Some(serde_json::json!("repo-a")),
+            outputs: 3,
+        };
+        assert_eq!(
+            item.to_string(),
+            "[index \"repo-a\"] done (3 outputs committed)"
+        );
         let invalid = Event::MarkerInvalid {
             step: "index".into(),
+            item: None,
             reason: "the step's key or version changed".into(),
         };
         assert_eq!(
             invalid.to_string(),
             "[index] the marker does not hold (the step's key or version changed); running it again"
         );
-        let resumed = Event::StepResumed { step: "a".into() };
+        let resumed = Event::StepResumed {
+            step: "a".into(),
+            item: None,
+        };
         assert!(!resumed.to_string().contains('\n'));
     }
 }

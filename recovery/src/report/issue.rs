@@ -53,6 +53,9 @@ pub struct IssueRecord {
     pub severity: Severity,
     /// The operation's name.
     pub operation: String,
+    /// For a step that is an item of a family, the item as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<serde_json::Value>,
     /// Calls made, the first included.
     pub attempts: u32,
     /// Total time slept between attempts.

@@ -156,6 +156,7 @@ impl<'p> Retrier<'p> {
                     error_code: code,
                     severity: Severity::Blocker,
                     operation: self.operation.to_owned(),
+                    item: None,
                     attempts: self.failed,
                     slept_ns: nanos(slow.slept),
                     last_error: error.to_string(),

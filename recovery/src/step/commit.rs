@@ -113,11 +113,13 @@ impl StepExecution {
         let fs = run.fs();
         let step = &self.active.step;
         let value = serde_json::to_value(value).map_err(|source| RunError::Serialize {
-            step: step.clone(),
+            step: step.to_string(),
             what: "value",
             source,
         })?;
-        let outputs = self.active.outputs().clone();
+        // The body has returned: outputs declared from now on (by a thread
+        // that outlived it) are refused, not lost.
+        let outputs = self.active.end();
 
         // 1. Durable and hashed, still in staging.
         let mut entries = Vec::new();
@@ -125,7 +127,7 @@ impl StepExecution {
             match fs.stat(&o.staging) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     return Err(RunError::OutputNotWritten {
-                        step: step.clone(),
+                        step: step.to_string(),
                         path: o.rel.clone(),
                         staging: o.staging.clone(),
                     });
@@ -147,7 +149,8 @@ impl StepExecution {
         // 2. Published, and the marker written last: the commit point.
         let marker = Marker {
             format: MARKER_FORMAT,
-            step: step.clone(),
+            step: step.name().to_owned(),
+            item: self.active.item.clone(),
             version,
             fingerprint: fingerprint.as_str().to_owned(),
             site: site.to_owned(),
@@ -158,7 +161,7 @@ impl StepExecution {
                 .map_or(0, |d| d.as_millis() as u64),
         };
         let bytes = marker::encode(&marker).map_err(|source| RunError::Serialize {
-            step: step.clone(),
+            step: step.to_string(),
             what: "marker",
             source,
         })?;
@@ -177,7 +180,9 @@ impl StepExecution {
             .commit(&self.lease, &publish, &bytes, self.seen.as_ref())?
         {
             Put::Written(_) => Ok(marker),
-            Put::Conflict => Err(RunError::CommitConflict { step: step.clone() }),
+            Put::Conflict => Err(RunError::CommitConflict {
+                step: step.to_string(),
+            }),
         }
     }
 }
@@ -188,7 +193,8 @@ impl Drop for StepExecution {
         // Outside first, durably: the journal that lists it goes with the
         // staging directory, and must outlive it.
         let fs = self.active.run.fs();
-        let outputs = self.active.outputs();
+        let outputs = self.active.end();
+        self.active.run.claims().release_all(&self.active.step);
         let mut cleared = true;
         for o in outputs.iter().filter(|o| o.outside) {
             cleared &= self.active.remove_staged(&o.staging).is_ok()

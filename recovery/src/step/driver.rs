@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::RunError;
 use crate::report::event::Event;
@@ -18,6 +19,7 @@ use crate::report::issue::{IssueCode, IssueRecord, Severity};
 use crate::retry::context::{Context, WithContext};
 use crate::step::commit::StepExecution;
 use crate::step::identity::{Fingerprint, StepDef};
+use crate::step::instance::StepId;
 use crate::step::marker::MarkerState;
 use crate::step::run::Run;
 use crate::step::staging::Active;
@@ -68,6 +70,31 @@ where
     }
 }
 
+/// Which instance a call is, and its item as JSON: what
+/// [`plain_step`] and [`step_item`] give the expansion.
+pub type Instance = (StepId, Option<Value>);
+
+/// The instance of a plain step (no `item = ...`).
+pub fn plain_step(name: &str) -> Result<Instance, RunError> {
+    Ok((StepId::plain(name)?, None))
+}
+
+/// The instance of a family's step for `item` (`item = ...`), with a
+/// bound that names the item when it is not serialisable.
+pub fn step_item<I: StepItem + ?Sized>(name: &str, item: &I) -> Result<Instance, RunError> {
+    let (id, value) = StepId::item(name, item)?;
+    Ok((id, Some(value)))
+}
+
+/// A family's item: serialised to JSON, which identifies the instance.
+#[diagnostic::on_unimplemented(
+    message = "the item `{Self}` of a #[resumable_step] must implement `serde::Serialize`",
+    label = "the item is serialised (as JSON) to tell one instance of the step from another",
+    note = "derive `serde::Serialize` for it, or name the item by a value that has it (a string, a number, a tuple of them)"
+)]
+pub trait StepItem: Serialize {}
+impl<I: Serialize + ?Sized> StepItem for I {}
+
 enum Prepared<T> {
     Resumed(T),
     Run(StepExecution),
@@ -78,11 +105,11 @@ enum Prepared<T> {
 fn prepare<T: DeserializeOwned>(
     run: &Run,
     def: &StepDef,
+    state: &StepState,
     fingerprint: &Fingerprint,
     ctx: &Context,
 ) -> Result<Prepared<T>, RunError> {
-    run.register(def.name, def.site)?;
-    let state = run.step(def.name)?;
+    run.register(def.name, def.site, def.family)?;
     let check = |state: &StepState| -> Result<Result<T, Option<String>>, RunError> {
         Ok(match state.check_with(fingerprint, def.verify)? {
             MarkerState::Valid(m) => serde_json::from_value(m.value).map_err(|e| {
@@ -97,19 +124,21 @@ fn prepare<T: DeserializeOwned>(
     let resumed = |value| {
         ctx.emit(&Event::StepResumed {
             step: def.name.to_owned(),
+            item: state.item().cloned(),
         });
         Ok(Prepared::Resumed(value))
     };
-    if let Ok(value) = check(&state)? {
+    if let Ok(value) = check(state)? {
         return resumed(value);
     }
     let execution = state.begin()?;
-    match check(&state)? {
+    match check(state)? {
         Ok(value) => resumed(value),
         Err(reason) => {
             if let Some(reason) = reason {
                 ctx.emit(&Event::MarkerInvalid {
                     step: def.name.to_owned(),
+                    item: state.item().cloned(),
                     reason,
                 });
             }
@@ -133,36 +162,48 @@ fn finish<R: StepResult>(
                 Ok(marker) => {
                     ctx.emit(&Event::StepCompleted {
                         step: def.name.to_owned(),
+                        item: active.item.clone(),
                         outputs: marker.outputs.len() as u32,
                     });
                     return R::from_result(Ok(value));
                 }
                 Err(e) => {
-                    report_failure(ctx, def, Some(&active), &e);
+                    report_failure(ctx, def, Failed::Ran(&active), &e);
                     <R::Error as From<RunError>>::from(e)
                 }
             }
         }
         Err(e) => {
             drop(execution);
-            report_failure(ctx, def, Some(&active), &e);
+            report_failure(ctx, def, Failed::Ran(&active), &e);
             e
         }
     };
     R::from_result(Err(result))
 }
 
-fn report_failure(ctx: &Context, def: &StepDef, active: Option<&Active>, error: &dyn Display) {
-    let (attempts, slept_ns) = active.map_or((1, 0), |a| {
-        (
+/// How far a failed step got.
+enum Failed<'a> {
+    /// Its body ran (and maybe retried) in this execution.
+    Ran(&'a Active),
+    /// It failed before its body, for this item (if known).
+    Before(Option<&'a Value>),
+}
+
+fn report_failure(ctx: &Context, def: &StepDef, failed: Failed<'_>, error: &dyn Display) {
+    let (attempts, slept_ns, item) = match failed {
+        Failed::Ran(a) => (
             a.attempts.load(Ordering::Relaxed),
             a.slept_ns.load(Ordering::Relaxed),
-        )
-    });
+            a.item.clone(),
+        ),
+        Failed::Before(item) => (1, 0, item.cloned()),
+    };
     ctx.report(&IssueRecord {
         error_code: IssueCode::StepFailed,
         severity: Severity::Blocker,
         operation: def.name.to_owned(),
+        item,
         attempts,
         slept_ns,
         last_error: error.to_string(),
@@ -196,20 +237,23 @@ pub fn step_error<R: StepResult>(error: RunError) -> R {
 fn start<R: StepResult>(
     run: &Run,
     def: &StepDef,
+    instance: Result<Instance, RunError>,
     fingerprint: Result<Fingerprint, RunError>,
 ) -> Result<(Context, Fingerprint, StepExecution), R> {
     let ctx = run.context(&Context::current());
-    let prepared = fingerprint.and_then(|fp| {
-        let p = ctx.in_scope(|| prepare::<R::Value>(run, def, &fp, &ctx))?;
-        Ok((fp, p))
-    });
-    match prepared {
-        Err(e) => {
-            report_failure(&ctx, def, None, &e);
-            Err(R::from_result(Err(e.into())))
-        }
-        Ok((_, Prepared::Resumed(value))) => Err(R::from_result(Ok(value))),
-        Ok((fp, Prepared::Run(execution))) => Ok((ctx, fp, execution)),
+    let fail = |item: Option<&Value>, e: RunError| {
+        report_failure(&ctx, def, Failed::Before(item), &e);
+        Err(R::from_result(Err(e.into())))
+    };
+    let (state, fp) = match (instance, fingerprint) {
+        (Ok((id, item)), Ok(fp)) => (run.step_of(id, item), fp),
+        (Ok((_, item)), Err(e)) => return fail(item.as_ref(), e),
+        (Err(e), _) => return fail(None, e),
+    };
+    match ctx.in_scope(|| prepare::<R::Value>(run, def, &state, &fp, &ctx)) {
+        Err(e) => fail(state.item(), e),
+        Ok(Prepared::Resumed(value)) => Err(R::from_result(Ok(value))),
+        Ok(Prepared::Run(execution)) => Ok((ctx, fp, execution)),
     }
 }
 
@@ -219,10 +263,11 @@ fn start<R: StepResult>(
 pub fn run_step<R: StepResult, F: FnOnce() -> R>(
     run: &Run,
     def: &StepDef,
+    instance: Result<Instance, RunError>,
     fingerprint: Result<Fingerprint, RunError>,
     body: F,
 ) -> R {
-    match start::<R>(run, def, fingerprint) {
+    match start::<R>(run, def, instance, fingerprint) {
         Ok((ctx, fp, execution)) => {
             let outcome = execution.in_scope(|| ctx.in_scope(body));
             finish(def, &fp, execution, outcome, &ctx)
@@ -236,10 +281,11 @@ pub fn run_step<R: StepResult, F: FnOnce() -> R>(
 pub async fn run_step_async<R: StepResult, F: Future<Output = R>>(
     run: &Run,
     def: &StepDef,
+    instance: Result<Instance, RunError>,
     fingerprint: Result<Fingerprint, RunError>,
     body: F,
 ) -> R {
-    let started = start::<R>(run, def, fingerprint);
+    let started = start::<R>(run, def, instance, fingerprint);
     let (ctx, fp, execution) = match started {
         Ok(started) => started,
         Err(result) => return result,

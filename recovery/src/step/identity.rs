@@ -18,6 +18,8 @@ pub struct StepDef {
     /// How its outputs are checked before it is resumed
     /// (`verify = "size_mtime"`; hashing by default).
     pub verify: Verify,
+    /// Whether it is a family (`item = ...`): one instance per item.
+    pub family: bool,
 }
 
 /// The BLAKE3 of a step's key and version: a different key or version

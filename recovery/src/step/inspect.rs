@@ -3,11 +3,16 @@
 
 use std::collections::BTreeSet;
 
+use serde_json::Value;
+
 use crate::error::RunError;
 use crate::report::issue::IssueCode;
+use crate::step::instance::StepId;
 use crate::step::layout::execution_step;
+use crate::step::marker::MarkerState;
 use crate::step::names::check_step_name;
 use crate::step::run::Run;
+use crate::step::state::StepState;
 
 impl Run {
     /// The names of the steps that have a marker, sorted.
@@ -20,10 +25,11 @@ impl Run {
     /// mention in the event or issue log (failed, reset, or not yet done).
     pub fn known_steps(&self) -> Result<Vec<String>, RunError> {
         let mut names: BTreeSet<String> = self.steps()?.into_iter().collect();
+        names.extend(self.store().families()?);
         names.extend(self.store().leased_steps()?);
         for name in self.list_or_empty(&self.layout().staging())? {
             if let Some(step) = execution_step(&name) {
-                names.insert(step.to_owned());
+                names.insert(step.name().to_owned());
             }
         }
         for event in self.events()?.records {
@@ -42,10 +48,48 @@ impl Run {
             .collect())
     }
 
-    /// Whether a process holds the step's lease right now (it is running
-    /// the step).
+    /// Whether a process holds the plain step's lease right now (it is
+    /// running the step).
     pub fn is_running(&self, step: &str) -> Result<bool, RunError> {
-        self.store().is_leased(step)
+        self.store().is_leased(&StepId::plain(step)?)
+    }
+
+    /// The items of the family `name` that have a marker, each with its
+    /// item and its marker checked as [`StepState::marker`] checks it
+    /// (outputs hashed). Streamed: a family of a million items is never
+    /// held in memory at once.
+    ///
+    /// ```
+    /// let tmp = tempfile::tempdir()?;
+    /// let run = recovery::Run::open(tmp.path())?;
+    /// for page in 1..=3 {
+    ///     run.step_item("page", &page)?.mark_done(&(), 1, &page)?;
+    /// }
+    /// let mut done: Vec<u64> = run
+    ///     .items("page")?
+    ///     .map(|entry| entry.map(|e| e.item.and_then(|i| i.as_u64()).unwrap()))
+    ///     .collect::<Result<_, _>>()?;
+    /// done.sort();
+    /// assert_eq!(done, [1, 2, 3]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn items<'a>(
+        &'a self,
+        name: &str,
+    ) -> Result<impl Iterator<Item = Result<ItemEntry, RunError>> + 'a, RunError> {
+        Ok(self.store().marked_items(name)?.map(move |id| {
+            let state = self.step_of(id?, None);
+            let marker = state.marker()?;
+            let item = match &marker {
+                MarkerState::Valid(m) => m.item.clone(),
+                _ => None,
+            };
+            Ok(ItemEntry {
+                item,
+                state,
+                marker,
+            })
+        }))
     }
 
     /// The names in `dir`, sorted; none when it does not exist (a run being
@@ -53,4 +97,16 @@ impl Run {
     pub(crate) fn list_or_empty(&self, dir: &std::path::Path) -> Result<Vec<String>, RunError> {
         crate::fs::list_or_empty(self.fs(), dir).map_err(|e| RunError::io("list", dir, e))
     }
+}
+
+/// One item of a family, from [`Run::items`].
+#[derive(Debug)]
+pub struct ItemEntry {
+    /// The item as its marker records it; `None` when the marker does not
+    /// hold (then only its id is known: [`StepState::id`]).
+    pub item: Option<Value>,
+    /// The item's step state, to load, reset or check it again.
+    pub state: StepState,
+    /// Its marker, outputs verified.
+    pub marker: MarkerState,
 }

@@ -6,10 +6,16 @@
 //! ```text
 //! RUN_DIR/
 //!   run.json            identifies the directory as a run (format version)
-//!   state/steps/*.json  one marker per completed step
-//!   state/locks/*.lock  one lock file per step (flock: held while it runs)
-//!   staging/            outputs being written, one <step>@<pid>.<n>
-//!                       directory per execution; swept when the run is opened
+//!   state/steps/*.json  one marker per completed plain step
+//!   state/steps/<family>/<ab>/<id>.json
+//!                       one marker per completed item of a family: <id> is
+//!                       the item's id, <ab> its first two digits (256
+//!                       buckets keep directories small at a million items)
+//!   state/locks/...     one lock file per step or item, laid out the same
+//!                       way (flock: held while it runs)
+//!   staging/            outputs being written, one <step>@<pid>.<n> (or
+//!                       <step>#<id>@<pid>.<n>) directory per execution;
+//!                       swept when the run is opened
 //!   events.jsonl        append-only event log, one JSON object per line
 //!   issues.jsonl        append-only issue log, one JSON object per line
 //!   ...                 the steps' outputs, at the paths they chose
@@ -17,6 +23,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::step::instance::StepId;
 use crate::step::names::check_step_name;
 
 /// The file that makes a directory a run.
@@ -86,13 +93,39 @@ impl Layout {
         self.dir.join(ISSUES)
     }
 
-    pub(crate) fn marker(&self, step: &str) -> PathBuf {
-        self.steps.join(format!("{step}{MARKER_SUFFIX}"))
+    pub(crate) fn marker(&self, id: &StepId) -> PathBuf {
+        place(&self.steps, id, MARKER_SUFFIX)
     }
 
-    pub(crate) fn lock(&self, step: &str) -> PathBuf {
-        self.locks().join(format!("{step}{LOCK_SUFFIX}"))
+    pub(crate) fn lock(&self, id: &StepId) -> PathBuf {
+        place(&self.locks(), id, LOCK_SUFFIX)
     }
+
+    /// Where the marker of the plain step `name` is (the name unchecked).
+    pub(crate) fn join_steps(&self, name: &str) -> PathBuf {
+        self.steps.join(format!("{name}{MARKER_SUFFIX}"))
+    }
+
+    /// The directory of a family's markers (its buckets are inside).
+    pub(crate) fn family_markers(&self, name: &str) -> PathBuf {
+        self.steps.join(name)
+    }
+}
+
+/// `<dir>/<name><suffix>`, or `<dir>/<name>/<ab>/<id><suffix>` for an item.
+fn place(dir: &Path, id: &StepId, suffix: &str) -> PathBuf {
+    match id.item_id() {
+        None => dir.join(format!("{}{suffix}", id.name())),
+        Some(item) => dir
+            .join(id.name())
+            .join(&item[..2])
+            .join(format!("{item}{suffix}")),
+    }
+}
+
+/// The item id whose marker file in a family bucket is `name`.
+pub(crate) fn item_marker(name: &str) -> Option<&str> {
+    name.strip_suffix(MARKER_SUFFIX)
 }
 
 /// The step whose marker file is `name` (`<step>.json`), if it is one.
@@ -107,27 +140,35 @@ pub(crate) fn lock_step(name: &str) -> Option<&str> {
         .filter(|step| check_step_name(step).is_ok())
 }
 
-/// The name of a step execution's staging directory:
-/// `<step>@<pid>.<n>`, in the run's staging area.
-pub(crate) fn execution_name(step: &str, pid: u32, n: u64) -> String {
-    format!("{step}@{pid}.{n}")
+/// The name of a step execution's staging directory: `<step>@<pid>.<n>`,
+/// or `<step>#<id>@<pid>.<n>` for an item, in the run's staging area.
+pub(crate) fn execution_name(id: &StepId, pid: u32, n: u64) -> String {
+    match id.item_id() {
+        None => format!("{}@{pid}.{n}", id.name()),
+        Some(item) => format!("{}#{item}@{pid}.{n}", id.name()),
+    }
 }
 
-/// The step and the process whose execution staged into `name`, if `name`
-/// is a staging directory name ([`execution_name`]) with a valid step name.
-pub(crate) fn parse_execution(name: &str) -> Option<(&str, u32)> {
-    let (step, rest) = name.rsplit_once('@')?;
+/// The instance and the process whose execution staged into `name`, if
+/// `name` is a staging directory name ([`execution_name`]).
+pub(crate) fn parse_execution(name: &str) -> Option<(StepId, u32)> {
+    let (who, rest) = name.rsplit_once('@')?;
     let (pid, n) = rest.split_once('.')?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !(digits(pid) && digits(n) && check_step_name(step).is_ok()) {
+    if !(digits(pid) && digits(n)) {
         return None;
     }
-    Some((step, pid.parse().ok()?))
+    let id = match who.split_once('#') {
+        None => StepId::from_parts(who, None)?,
+        Some((step, item)) => StepId::from_parts(step, Some(item))?,
+    };
+    Some((id, pid.parse().ok()?))
 }
 
-/// The step whose execution staged into `name`; see [`parse_execution`].
-pub(crate) fn execution_step(name: &str) -> Option<&str> {
-    parse_execution(name).map(|(step, _)| step)
+/// The instance whose execution staged into `name`; see
+/// [`parse_execution`].
+pub(crate) fn execution_step(name: &str) -> Option<StepId> {
+    parse_execution(name).map(|(id, _)| id)
 }
 
 /// Where output number `n` of the execution `execution` is staged beside
@@ -156,12 +197,21 @@ mod tests {
 
     #[test]
     fn execution_names_round_trip() {
+        let clone = StepId::plain("clone").unwrap();
         assert_eq!(
-            execution_step(&execution_name("clone", 42, 7)),
-            Some("clone")
+            execution_step(&execution_name(&clone, 42, 7)),
+            Some(clone.clone())
         );
-        assert_eq!(execution_step("a.b@1.2"), Some("a.b"));
-        assert_eq!(parse_execution("clone@42.7"), Some(("clone", 42)));
+        let (item, _) = StepId::item("index", &"repo-a").unwrap();
+        assert_eq!(
+            parse_execution(&execution_name(&item, 42, 7)),
+            Some((item, 42))
+        );
+        assert_eq!(
+            execution_step("a.b@1.2").map(|id| id.name().to_owned()),
+            Some("a.b".to_owned())
+        );
+        assert_eq!(parse_execution("clone@42.7"), Some((clone, 42)));
         for bad in [
             "clone",
             "clone@",
@@ -170,6 +220,7 @@ mod tests {
             "@1.2",
             "../x@1.2",
             "a b@1.2",
+            "index#12@1.2",
         ] {
             assert_eq!(execution_step(bad), None, "{bad}");
         }
@@ -179,8 +230,17 @@ mod tests {
     fn marker_lock_and_outside_names_round_trip() {
         let layout = Layout::new(PathBuf::from("/r"));
         let name = |p: PathBuf| p.file_name().unwrap().to_str().unwrap().to_owned();
-        assert_eq!(marker_step(&name(layout.marker("fetch"))), Some("fetch"));
-        assert_eq!(lock_step(&name(layout.lock("fetch"))), Some("fetch"));
+        let fetch = StepId::plain("fetch").unwrap();
+        assert_eq!(marker_step(&name(layout.marker(&fetch))), Some("fetch"));
+        assert_eq!(lock_step(&name(layout.lock(&fetch))), Some("fetch"));
+        let (item, _) = StepId::item("index", &3).unwrap();
+        let hex = item.item_id().unwrap();
+        let marker = layout.marker(&item);
+        assert_eq!(
+            marker,
+            PathBuf::from(format!("/r/state/steps/index/{}/{hex}.json", &hex[..2]))
+        );
+        assert_eq!(item_marker(&name(marker)), Some(hex));
         assert_eq!(marker_step("a b.json"), None);
         assert_eq!(lock_step("fetch.json"), None);
         let (staged, aside) = outside_staging_names("s@1.0", 3);

@@ -16,10 +16,11 @@ use crate::fs::{
 use crate::report::event::Event;
 use crate::report::issue::IssueRecord;
 use crate::report::log::{self, LogRead};
-use crate::step::layout::{Layout, lock_step, marker_step};
+use crate::step::instance::StepId;
+use crate::step::layout::{Layout, item_marker, lock_step, marker_step};
 use crate::step::marker::{self, Marker, version_of};
 use crate::step::names::check_step_name;
-use crate::step::store::{Lease, MarkerVersion, Publish, Put, StepStore, StoredMarker};
+use crate::step::store::{ItemIds, Lease, MarkerVersion, Publish, Put, StepStore, StoredMarker};
 
 /// Step state in a run directory, through a [`FileSystem`] (so that the
 /// crash-state and fault-injection tests reach every durable operation).
@@ -45,11 +46,14 @@ impl LocalStore {
         &*self.fs
     }
 
-    fn lock_file(&self, step: &str) -> Result<File, RunError> {
-        check_step_name(step)?;
+    fn lock_file(&self, step: &StepId) -> Result<File, RunError> {
         let path = self.layout.lock(step);
         // Locks are kernel state, not durable data: they always live on
         // the real file system, whatever `fs` simulates.
+        if step.item_id().is_some() {
+            let dir = parent_of(&path);
+            std::fs::create_dir_all(dir).map_err(|e| RunError::io("create", dir, e))?;
+        }
         OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -62,7 +66,7 @@ impl LocalStore {
     /// place (nothing of anyone's) is removed; a directory with files in
     /// it is an error before the step's body runs, not a commit that fails
     /// every time. The caller holds the step's lease.
-    fn clear_marker_place(&self, step: &str) -> Result<(), RunError> {
+    fn clear_marker_place(&self, step: &StepId) -> Result<(), RunError> {
         let fs = self.fs();
         let path = self.layout.marker(step);
         match fs.stat(&path) {
@@ -74,22 +78,43 @@ impl LocalStore {
             .map_err(|e| RunError::io("list", &path, e))?;
         if !entries.is_empty() {
             return Err(RunError::MarkerPlaceTaken {
-                step: step.to_owned(),
+                step: step.to_string(),
                 path,
             });
         }
         fs.remove_dir_all(&path)
             .map_err(|e| RunError::io("remove empty directory", &path, e))?;
-        let dir = self.layout.steps();
-        fs.sync_dir(&dir)
-            .map_err(|e| RunError::io("fsync directory", &dir, e))
+        let dir = parent_of(&path);
+        fs.sync_dir(dir)
+            .map_err(|e| RunError::io("fsync directory", dir, e))
+    }
+
+    /// The names in `dir`; none when it does not exist.
+    fn list(&self, dir: &Path) -> Result<Vec<String>, RunError> {
+        list_or_empty(self.fs(), dir).map_err(|e| RunError::io("list", dir, e))
+    }
+
+    /// Removes a marker's temporary file, left by a writer that died before
+    /// its rename, if nobody holds that step now.
+    fn remove_temp_marker(&self, id: &StepId, path: &Path) -> Result<(), RunError> {
+        if let Some(_lease) = self.try_lease(id)? {
+            self.fs()
+                .remove_file(path)
+                .map_err(|e| RunError::io("remove leftover", path, e))?;
+        }
+        Ok(())
     }
 
     /// Writes the marker, and takes it back if the write fails after its
     /// rename may have happened (a failed directory fsync): a step that
     /// reports failure must not be found done. Its outputs are durable
     /// either way, so a marker that cannot be removed is still safe.
-    fn write_marker(&self, path: &Path, bytes: &[u8]) -> Result<Put, RunError> {
+    fn write_marker(&self, step: &StepId, path: &Path, bytes: &[u8]) -> Result<Put, RunError> {
+        if let Some(item) = step.item_id() {
+            // A family's bucket is made on its first marker, durably.
+            let bucket = format!("{}/{}", step.name(), &item[..2]);
+            self.ensure_dirs(&self.layout.steps(), &bucket, &bucket)?;
+        }
         if let Err(e) = atomic_write_with(self.fs(), path, bytes) {
             let _ = self.fs().remove_file(path);
             return Err(RunError::io("write marker", path, e));
@@ -97,21 +122,21 @@ impl LocalStore {
         Ok(Put::Written(version_of(bytes)))
     }
 
-    /// Creates the directories above an output inside the run directory,
-    /// refusing to go through anything but a directory (a symlink could
-    /// lead outside it).
-    fn ensure_parents(&self, rel: &str) -> Result<(), RunError> {
+    /// Creates the directories `rel` (`/`-separated) under `base`, each
+    /// made durable in its parent, refusing to go through anything but a
+    /// directory (a symlink could lead outside the run). `what` names the
+    /// path in errors.
+    fn ensure_dirs(&self, base: &Path, rel: &str, what: &str) -> Result<(), RunError> {
         let fs = self.fs();
-        let mut dir = self.layout.dir().to_path_buf();
-        let parts: Vec<&str> = rel.split('/').collect();
-        for part in &parts[..parts.len() - 1] {
+        let mut dir = base.to_path_buf();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
             let parent = dir.clone();
             dir.push(part);
             match fs.stat(&dir) {
                 Ok(s) if s.kind == EntryKind::Dir => {}
                 Ok(s) => {
                     return Err(RunError::InvalidOutputPath {
-                        path: rel.to_owned(),
+                        path: what.to_owned(),
                         reason: format!("{} is a {:?}, not a directory", dir.display(), s.kind),
                     });
                 }
@@ -129,15 +154,16 @@ impl LocalStore {
 }
 
 impl StepStore for LocalStore {
-    fn read_marker(&self, step: &str) -> Result<StoredMarker, RunError> {
-        check_step_name(step)?;
+    fn read_marker(&self, step: &StepId) -> Result<StoredMarker, RunError> {
         Ok(marker::load(self.fs(), &self.layout.marker(step)))
     }
 
     fn create_marker(&self, lease: &Lease, bytes: &[u8]) -> Result<Put, RunError> {
         let path = self.layout.marker(lease.step());
         match self.fs().stat(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => self.write_marker(&path, bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.write_marker(lease.step(), &path, bytes)
+            }
             Err(e) => Err(RunError::io("inspect", &path, e)),
             Ok(_) => Ok(Put::Conflict),
         }
@@ -151,7 +177,7 @@ impl StepStore for LocalStore {
     ) -> Result<Put, RunError> {
         match self.read_marker(lease.step())?.version() {
             Some(now) if now == expected => {
-                self.write_marker(&self.layout.marker(lease.step()), bytes)
+                self.write_marker(lease.step(), &self.layout.marker(lease.step()), bytes)
             }
             _ => Ok(Put::Conflict),
         }
@@ -168,16 +194,15 @@ impl StepStore for LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(RunError::io("remove marker", &path, e)),
         }
-        let dir = self.layout.steps();
-        fs.sync_dir(&dir)
-            .map_err(|e| RunError::io("fsync directory", &dir, e))?;
+        let dir = parent_of(&path);
+        fs.sync_dir(dir)
+            .map_err(|e| RunError::io("fsync directory", dir, e))?;
         Ok(true)
     }
 
     fn marked_steps(&self) -> Result<Vec<String>, RunError> {
-        let dir = self.layout.steps();
-        let names = list_or_empty(self.fs(), &dir).map_err(|e| RunError::io("list", &dir, e))?;
-        Ok(names
+        Ok(self
+            .list(&self.layout.steps())?
             .iter()
             .filter(|n| !is_temp(n))
             .filter_map(|n| marker_step(n))
@@ -185,13 +210,53 @@ impl StepStore for LocalStore {
             .collect())
     }
 
+    fn families(&self) -> Result<Vec<String>, RunError> {
+        let steps = self.layout.steps();
+        let mut names = Vec::new();
+        for name in self.list(&steps)? {
+            let is_dir = self
+                .fs()
+                .stat(&steps.join(&name))
+                .is_ok_and(|s| s.kind == EntryKind::Dir);
+            if is_dir && check_step_name(&name).is_ok() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    fn marked_items<'a>(&'a self, name: &str) -> Result<ItemIds<'a>, RunError> {
+        check_step_name(name)?;
+        let family = self.layout.family_markers(name);
+        let buckets = self.list(&family)?;
+        let name = name.to_owned();
+        // One bucket's listing in memory at a time.
+        Ok(Box::new(buckets.into_iter().flat_map(move |bucket| {
+            let dir = family.join(&bucket);
+            let ids: Vec<Result<StepId, RunError>> = match self.list(&dir) {
+                Err(e) => vec![Err(e)],
+                Ok(entries) => entries
+                    .iter()
+                    .filter(|n| !is_temp(n))
+                    .filter_map(|n| item_marker(n))
+                    .filter(|id| id.starts_with(bucket.as_str()))
+                    .filter_map(|id| StepId::from_parts(&name, Some(id)))
+                    .map(Ok)
+                    .collect(),
+            };
+            ids
+        })))
+    }
+
     /// Each output replaces whatever is at its final path (moved aside into
     /// staging first), and the directory it lands in is synced.
     fn publish_outputs(&self, _lease: &Lease, outputs: &[Publish<'_>]) -> Result<(), RunError> {
         let fs = self.fs();
         for o in outputs {
-            if !o.outside {
-                self.ensure_parents(o.path)?;
+            if !o.outside
+                && let Some((parents, _)) = o.path.rsplit_once('/')
+            {
+                self.ensure_dirs(self.layout.dir(), parents, o.path)?;
             }
             if fs.stat(o.final_path).is_ok() {
                 fs.rename(o.final_path, o.aside)
@@ -220,19 +285,19 @@ impl StepStore for LocalStore {
     /// Takes the step's lock, waiting while another process (or thread)
     /// holds it; the kernel releases it if the holder dies. Then makes sure
     /// the marker's place can take a marker.
-    fn lease(&self, step: &str) -> Result<Lease, RunError> {
+    fn lease(&self, step: &StepId) -> Result<Lease, RunError> {
         let file = self.lock_file(step)?;
         file.lock()
             .map_err(|e| RunError::io("lock", self.layout.lock(step), e))?;
-        let lease = Lease::new(step, 0, None, file);
+        let lease = Lease::new(step.clone(), 0, None, file);
         self.clear_marker_place(step)?;
         Ok(lease)
     }
 
-    fn try_lease(&self, step: &str) -> Result<Option<Lease>, RunError> {
+    fn try_lease(&self, step: &StepId) -> Result<Option<Lease>, RunError> {
         let file = self.lock_file(step)?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(Lease::new(step, 0, None, file))),
+            Ok(()) => Ok(Some(Lease::new(step.clone(), 0, None, file))),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => {
                 Err(RunError::io("lock", self.layout.lock(step), e))
@@ -241,8 +306,7 @@ impl StepStore for LocalStore {
     }
 
     /// Reads only: a step that never ran has no lock file.
-    fn is_leased(&self, step: &str) -> Result<bool, RunError> {
-        check_step_name(step)?;
+    fn is_leased(&self, step: &StepId) -> Result<bool, RunError> {
         let path = self.layout.lock(step);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -256,12 +320,13 @@ impl StepStore for LocalStore {
         }
     }
 
+    /// Plain steps by their lock files, families by their directories of
+    /// lock files.
     fn leased_steps(&self) -> Result<Vec<String>, RunError> {
-        let dir = self.layout.locks();
-        let names = list_or_empty(self.fs(), &dir).map_err(|e| RunError::io("list", &dir, e))?;
-        Ok(names
+        Ok(self
+            .list(&self.layout.locks())?
             .iter()
-            .filter_map(|n| lock_step(n))
+            .filter_map(|n| lock_step(n).or(check_step_name(n).ok().map(|()| n.as_str())))
             .map(str::to_owned)
             .collect())
     }
@@ -286,17 +351,22 @@ impl StepStore for LocalStore {
     /// rename; one whose step nobody holds is nobody's.
     fn tidy(&self) -> Result<(), RunError> {
         let steps = self.layout.steps();
-        let names =
-            list_or_empty(self.fs(), &steps).map_err(|e| RunError::io("list", &steps, e))?;
-        for name in names {
-            let Some(step) = temp_target(&name).and_then(marker_step) else {
-                continue;
-            };
-            if let Some(_lease) = self.try_lease(step)? {
-                let path = steps.join(&name);
-                self.fs()
-                    .remove_file(&path)
-                    .map_err(|e| RunError::io("remove leftover", &path, e))?;
+        for name in self.list(&steps)? {
+            if let Some(step) = temp_target(&name).and_then(marker_step) {
+                let id = StepId::plain(step)?;
+                self.remove_temp_marker(&id, &steps.join(&name))?;
+            }
+        }
+        for family in self.families()? {
+            let dir = self.layout.family_markers(&family);
+            for bucket in self.list(&dir)? {
+                let bucket = dir.join(bucket);
+                for name in self.list(&bucket)? {
+                    let item = temp_target(&name).and_then(item_marker);
+                    if let Some(id) = item.and_then(|i| StepId::from_parts(&family, Some(i))) {
+                        self.remove_temp_marker(&id, &bucket.join(&name))?;
+                    }
+                }
             }
         }
         Ok(())

@@ -77,6 +77,9 @@ pub struct Marker {
     pub format: u32,
     /// The step's name.
     pub step: String,
+    /// For an item of a family, the item as JSON; absent for a plain step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<serde_json::Value>,
     /// The step's version (`version = N`).
     pub version: u32,
     /// BLAKE3 of the step's key and version.
@@ -226,6 +229,7 @@ mod tests {
         Marker {
             format: MARKER_FORMAT,
             step: "clone".into(),
+            item: None,
             version: 1,
             fingerprint: "blake3:00".into(),
             site: "m::f".into(),

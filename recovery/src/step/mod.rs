@@ -5,8 +5,10 @@
 
 pub(crate) mod commit;
 pub(crate) mod driver;
+pub(crate) mod handle;
 pub(crate) mod identity;
-pub(crate) mod inspect;
+mod inspect;
+pub(crate) mod instance;
 pub(crate) mod layout;
 pub(crate) mod leftover;
 pub(crate) mod local;
@@ -23,9 +25,12 @@ pub(crate) mod sweep;
 
 pub use commit::StepExecution;
 pub use driver::{StepError, StepResult};
+pub use handle::Step;
 pub use identity::Fingerprint;
 pub use identity::StepDef;
 pub use identity::StepKey;
+pub use inspect::ItemEntry;
+pub use instance::StepId;
 pub use marker::Verify;
 pub use names::{check_output_path, check_step_name};
 pub use run::{RUN_FORMAT, Run};

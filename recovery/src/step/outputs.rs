@@ -1,6 +1,7 @@
 //! The running step's outputs, declared through the [`Run`] handle: the
 //! body calls `run.output_dir(...)` and friends, which reach the step
-//! current on this thread.
+//! current on this thread (from other threads, through a
+//! [`Step`](crate::Step)).
 
 use std::path::{Path, PathBuf};
 
@@ -70,10 +71,6 @@ impl Run {
     /// Declares a file output and writes `data` to it; returns its final
     /// path.
     pub fn write_output(&self, path: &str, data: &[u8]) -> Result<PathBuf, RunError> {
-        let staged = self.output_file(path)?;
-        self.fs()
-            .write(&staged.staging, data)
-            .map_err(|e| RunError::io("write", &staged.staging, e))?;
-        Ok(staged.final_path)
+        Active::current(self)?.write(path, data)
     }
 }

@@ -21,6 +21,7 @@ use crate::retry::context::Context;
 use crate::step::layout::Layout;
 use crate::step::local::LocalStore;
 use crate::step::names::{check_outside_path, check_step_name};
+use crate::step::staging::Claims;
 use crate::step::store::StepStore;
 
 /// The `run.json` format this version writes and reads.
@@ -49,7 +50,9 @@ struct RunInner {
     store: Arc<dyn StepStore>,
     /// Step name → the function that uses it, to catch two steps sharing a
     /// name.
-    sites: Mutex<HashMap<String, String>>,
+    sites: Mutex<HashMap<String, (String, bool)>>,
+    /// Outputs being written by running steps, by path.
+    claims: Claims,
     /// Directories outside the run where this program allows outputs
     /// ([`Run::allow_outside`]); kept in the program, not the run, so a
     /// damaged run directory cannot widen them.
@@ -134,6 +137,7 @@ impl Run {
                 fs,
                 store,
                 sites: Mutex::new(HashMap::new()),
+                claims: Claims::default(),
                 outside: Mutex::new(Vec::new()),
             }),
         })
@@ -327,14 +331,14 @@ impl Run {
         self.layout().issues()
     }
 
-    /// Where the marker of `step` lives.
+    /// Where the marker of the plain step `step` lives.
     pub fn marker_path(&self, step: &str) -> PathBuf {
-        self.layout().marker(step)
+        self.layout().join_steps(step)
     }
 
-    /// Remembers that `site` uses the step name `name`; two different sites
-    /// with one name are an error.
-    pub(crate) fn register(&self, name: &str, site: &str) -> Result<(), RunError> {
+    /// Remembers that `site` uses the step name `name` (as a family when
+    /// `family`); two different sites with one name are an error.
+    pub(crate) fn register(&self, name: &str, site: &str, family: bool) -> Result<(), RunError> {
         check_step_name(name)?;
         let mut sites = self
             .inner
@@ -342,17 +346,34 @@ impl Run {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match sites.get(name) {
-            Some(first) if first != site => Err(RunError::DuplicateStepName {
-                name: name.to_owned(),
-                first: first.clone(),
-                second: site.to_owned(),
+            Some((first, first_family)) if first != site => Err(match (*first_family, family) {
+                (true, false) => RunError::FamilyAndPlainStep {
+                    name: name.to_owned(),
+                    family: first.clone(),
+                    plain: site.to_owned(),
+                },
+                (false, true) => RunError::FamilyAndPlainStep {
+                    name: name.to_owned(),
+                    family: site.to_owned(),
+                    plain: first.clone(),
+                },
+                _ => RunError::DuplicateStepName {
+                    name: name.to_owned(),
+                    first: first.clone(),
+                    second: site.to_owned(),
+                },
             }),
             Some(_) => Ok(()),
             None => {
-                sites.insert(name.to_owned(), site.to_owned());
+                sites.insert(name.to_owned(), (site.to_owned(), family));
                 Ok(())
             }
         }
+    }
+
+    /// The outputs the running steps of this handle are writing.
+    pub(crate) fn claims(&self) -> &Claims {
+        &self.inner.claims
     }
 
     /// Appends an event to the event log.
@@ -524,19 +545,28 @@ mod tests {
     fn a_record_appended_after_a_cut_line_is_kept_whole() {
         let tmp = tempfile::tempdir().unwrap();
         let run = Run::open(tmp.path()).unwrap();
-        run.log_event(&Event::StepResumed { step: "a".into() });
+        run.log_event(&Event::StepResumed {
+            step: "a".into(),
+            item: None,
+        });
         // A crash cut the next line: no final newline.
         let mut bytes = std::fs::read(run.events_path()).unwrap();
         bytes.extend_from_slice(b"{\"event\":\"STEP_RES");
         std::fs::write(run.events_path(), &bytes).unwrap();
-        run.log_event(&Event::StepResumed { step: "b".into() });
-        run.log_event(&Event::StepResumed { step: "c".into() });
+        run.log_event(&Event::StepResumed {
+            step: "b".into(),
+            item: None,
+        });
+        run.log_event(&Event::StepResumed {
+            step: "c".into(),
+            item: None,
+        });
         let log = run.events().unwrap();
         let steps: Vec<_> = log
             .records
             .iter()
             .map(|e| match e {
-                Event::StepResumed { step } => step.as_str(),
+                Event::StepResumed { step, .. } => step.as_str(),
                 other => panic!("{other:?}"),
             })
             .collect();

@@ -4,12 +4,15 @@
 use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::Value;
 
 use crate::error::RunError;
 use crate::fs::{EntryKind, FileSystem, parent_of, remove_entry};
 use crate::scope::{self, ScopeGuard, Scoped};
+use crate::step::instance::StepId;
 use crate::step::leftover::{self, Expect};
 use crate::step::names::{check_output_path, check_outside_path};
 use crate::step::outside;
@@ -40,7 +43,11 @@ impl StagedOutput {
 #[derive(Debug)]
 pub(crate) struct Active {
     pub(crate) run: Run,
-    pub(crate) step: String,
+    pub(crate) step: StepId,
+    /// The item as JSON, for an item of a family.
+    pub(crate) item: Option<Value>,
+    /// Set when the body has returned: no output may be declared after.
+    ended: AtomicBool,
     /// This execution's directory in the staging area.
     pub(crate) staging: PathBuf,
     outputs: Mutex<Vec<Staged>>,
@@ -72,10 +79,12 @@ thread_local! {
 
 impl Active {
     /// A staging area at `staging` (created already) for `step`.
-    pub(crate) fn new(run: Run, step: String, staging: PathBuf) -> Self {
+    pub(crate) fn new(run: Run, step: StepId, item: Option<Value>, staging: PathBuf) -> Self {
         Active {
             run,
             step,
+            item,
+            ended: AtomicBool::new(false),
             staging,
             outputs: Mutex::new(Vec::new()),
             next_output: AtomicU64::new(0),
@@ -143,6 +152,7 @@ impl Active {
             } else {
                 remove_entry(fs, &o.staging).map_err(|e| RunError::io("discard", &o.staging, e))?;
             }
+            self.run.claims().release(&o.rel, &self.step);
             outputs.pop();
         }
         Ok(())
@@ -156,6 +166,12 @@ impl Active {
         dir: bool,
     ) -> Result<StagedOutput, RunError> {
         let mut outputs = self.outputs();
+        if self.ended.load(Ordering::Acquire) {
+            return Err(RunError::StepEnded {
+                step: self.step.to_string(),
+                path: rel,
+            });
+        }
         let fs = self.run.fs();
         let staged = match outputs.iter().position(|o| o.rel == rel) {
             // Declared again (a retried attempt): start it afresh, so a
@@ -177,6 +193,7 @@ impl Active {
                 if outside {
                     check_outside_parent(fs, &rel, &final_path)?;
                 }
+                self.run.claims().claim(&rel, &self.step)?;
                 let n = self.next_output.fetch_add(1, Ordering::Relaxed);
                 let (staging, trash) = if outside {
                     outside::staging_paths(&final_path, &self.staging, n)
@@ -246,12 +263,65 @@ fn overlaps(a: &str, b: &str) -> bool {
     inside(a, b) || inside(b, a)
 }
 
+/// The outputs being written by the running steps of one [`Run`] handle:
+/// two items (or steps) running at once cannot declare one output.
+#[derive(Debug, Default)]
+pub(crate) struct Claims(Mutex<Vec<(String, StepId)>>);
+
+impl Claims {
+    /// Claims `rel` for `step`, unless another running step claimed it (or
+    /// a path inside it, or around it).
+    fn claim(&self, rel: &str, step: &StepId) -> Result<(), RunError> {
+        let mut claims = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((theirs, other)) = claims
+            .iter()
+            .find(|(theirs, other)| other != step && overlaps(theirs, rel))
+        {
+            return Err(RunError::OutputClaimed {
+                path: rel.to_owned(),
+                step: step.to_string(),
+                other_path: theirs.clone(),
+                other: other.to_string(),
+            });
+        }
+        claims.push((rel.to_owned(), step.clone()));
+        Ok(())
+    }
+
+    /// Gives up `step`'s claim on `rel`.
+    fn release(&self, rel: &str, step: &StepId) {
+        let mut claims = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        claims.retain(|(r, s)| !(r == rel && s == step));
+    }
+
+    /// Gives up every claim of `step` (its execution ended).
+    pub(crate) fn release_all(&self, step: &StepId) {
+        let mut claims = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        claims.retain(|(_, s)| s != step);
+    }
+}
+
 impl Active {
     /// The step running on this thread for `run`, if any.
     pub(crate) fn current(run: &Run) -> Result<Arc<Active>, RunError> {
-        scope::current(&CURRENT_STEP)
+        Active::on_this_thread()
             .filter(|a| a.run.dir() == run.dir())
             .ok_or(RunError::NoActiveStep)
+    }
+
+    /// The step running on this thread, of whichever run.
+    pub(crate) fn on_this_thread() -> Option<Arc<Active>> {
+        scope::current(&CURRENT_STEP)
+    }
+
+    /// Declares a file output and writes `data` to it.
+    pub(crate) fn write(&self, path: &str, data: &[u8]) -> Result<PathBuf, RunError> {
+        let staged = self.stage(path, false)?;
+        self.run
+            .fs()
+            .write(&staged.staging, data)
+            .map_err(|e| RunError::io("write", &staged.staging, e))?;
+        Ok(staged.final_path)
     }
 
     /// Makes this step current on this thread until the guard is dropped.
@@ -262,6 +332,14 @@ impl Active {
     /// Polls `future` with this step current, on whichever thread polls it.
     pub(crate) fn scoped<F>(self: &Arc<Self>, future: F) -> Scoped<F, Arc<Active>> {
         Scoped::new(future, &CURRENT_STEP, Arc::clone(self))
+    }
+
+    /// Ends the body: no output may be declared from now on. Returns the
+    /// outputs declared, to commit.
+    pub(crate) fn end(&self) -> Vec<Staged> {
+        let outputs = self.outputs();
+        self.ended.store(true, Ordering::Release);
+        outputs.clone()
     }
 
     /// The outputs declared so far.

@@ -7,14 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::RunError;
 use crate::step::commit::StepExecution;
 use crate::step::identity::Fingerprint;
+use crate::step::instance::StepId;
 use crate::step::layout::{execution_name, parse_execution};
 use crate::step::manifest;
 use crate::step::marker::{Marker, MarkerState, Verify, state_of};
-use crate::step::names::check_step_name;
 use crate::step::run::Run;
 use crate::step::staging::Active;
 
@@ -24,11 +25,48 @@ impl Run {
     /// # Errors
     /// When `name` is not a valid step name (see `#[resumable_step]`).
     pub fn step(&self, name: &str) -> Result<StepState, RunError> {
-        check_step_name(name)?;
         Ok(StepState {
             run: self.clone(),
-            name: name.to_owned(),
+            id: StepId::plain(name)?,
+            item: None,
         })
+    }
+
+    /// The state of one item of the family `name` (a step with
+    /// `item = ...`): its own marker, lease and outputs.
+    ///
+    /// ```
+    /// let tmp = tempfile::tempdir()?;
+    /// let run = recovery::Run::open(tmp.path())?;
+    /// let page = run.step_item("page", &3)?;
+    /// page.mark_done(&"v1", 1, &"indexed")?;
+    /// assert!(page.is_done(&"v1", 1)?);
+    /// assert!(!run.step_item("page", &4)?.is_done(&"v1", 1)?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When `name` is not a valid step name, or `item` does not serialise.
+    pub fn step_item<I: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        item: &I,
+    ) -> Result<StepState, RunError> {
+        let (id, item) = StepId::item(name, item)?;
+        Ok(StepState {
+            run: self.clone(),
+            id,
+            item: Some(item),
+        })
+    }
+
+    /// A step's state by its id, with its item as recorded where known.
+    pub(crate) fn step_of(&self, id: StepId, item: Option<Value>) -> StepState {
+        StepState {
+            run: self.clone(),
+            id,
+            item,
+        }
     }
 }
 
@@ -37,18 +75,30 @@ impl Run {
 #[derive(Clone, Debug)]
 pub struct StepState {
     run: Run,
-    name: String,
+    id: StepId,
+    /// The item as JSON, for an item of a family.
+    item: Option<Value>,
 }
 
 impl StepState {
     /// The step's name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.id.name()
+    }
+
+    /// Which step (and item) it is.
+    pub fn id(&self) -> &StepId {
+        &self.id
+    }
+
+    /// The item, as JSON, for an item of a family.
+    pub fn item(&self) -> Option<&Value> {
+        self.item.as_ref()
     }
 
     /// Where the step's marker lives.
     pub fn marker_path(&self) -> PathBuf {
-        self.run.layout().marker(&self.name)
+        self.run.layout().marker(&self.id)
     }
 
     /// The marker as it is on disk, its outputs verified (hashed), the
@@ -62,10 +112,16 @@ impl StepState {
     /// [`verify_outputs`](Self::verify_outputs), what
     /// [`marker`](Self::marker) does in one call.
     pub fn read_marker(&self) -> Result<MarkerState, RunError> {
-        let stored = self.run.store().read_marker(&self.name)?;
+        let stored = self.run.store().read_marker(&self.id)?;
         Ok(match state_of(stored, &self.marker_path())? {
-            MarkerState::Valid(m) if m.step != self.name => {
+            MarkerState::Valid(m) if m.step != self.id.name() => {
                 MarkerState::Invalid(format!("the marker belongs to step {:?}", m.step))
+            }
+            MarkerState::Valid(m) if !self.id.is_item(m.item.as_ref()) => {
+                MarkerState::Invalid(match &m.item {
+                    Some(item) => format!("the marker belongs to the item {item}"),
+                    None => "the marker is a plain step's, not an item's".into(),
+                })
             }
             other => other,
         })
@@ -119,7 +175,7 @@ impl StepState {
 
     /// [`check`](Self::check) for a key and version.
     pub fn is_done<K: Serialize + ?Sized>(&self, key: &K, version: u32) -> Result<bool, RunError> {
-        let fp = Fingerprint::of(&self.name, key, version)?;
+        let fp = Fingerprint::of(self.name(), key, version)?;
         Ok(matches!(self.check(&fp)?, MarkerState::Valid(_)))
     }
 
@@ -130,7 +186,7 @@ impl StepState {
         key: &K,
         version: u32,
     ) -> Result<Option<T>, RunError> {
-        let fp = Fingerprint::of(&self.name, key, version)?;
+        let fp = Fingerprint::of(self.name(), key, version)?;
         Ok(match self.check(&fp)? {
             MarkerState::Valid(m) => serde_json::from_value(m.value).ok(),
             _ => None,
@@ -144,32 +200,53 @@ impl StepState {
     /// [`RunError::MarkerPlaceTaken`] when a directory with files in it is
     /// where the marker goes; any failed file operation.
     pub fn begin(&self) -> Result<StepExecution, RunError> {
-        let lease = self.run.store().lease(&self.name)?;
+        let lease = self.run.store().lease(&self.id)?;
         // What a dead worker left of this step is ours now.
-        self.run.sweep_step(&self.name)?;
+        self.run.sweep_step(&self.id)?;
         // The marker the commit replaces; nobody else changes it while we
         // hold the lease.
-        let seen = self.run.store().read_marker(&self.name)?.version().cloned();
+        let seen = self.run.store().read_marker(&self.id)?.version().cloned();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let staging =
             self.run
                 .layout()
                 .staging()
-                .join(execution_name(&self.name, std::process::id(), n));
+                .join(execution_name(&self.id, std::process::id(), n));
         self.run
             .fs()
             .create_dir_all(&staging)
             .map_err(|e| RunError::io("create staging", &staging, e))?;
-        let active = Active::new(self.run.clone(), self.name.clone(), staging);
+        let active = Active::new(
+            self.run.clone(),
+            self.id.clone(),
+            self.item.clone(),
+            staging,
+        );
         Ok(StepExecution::new(Arc::new(active), lease, seen))
+    }
+
+    /// Marks the step done for `key` and `version` with `value`, committing
+    /// no outputs: the manual form of a step whose result is its value.
+    ///
+    /// # Errors
+    /// As [`begin`](Self::begin) and [`StepExecution::commit`].
+    pub fn mark_done<K: Serialize + ?Sized, T: Serialize + ?Sized>(
+        &self,
+        key: &K,
+        version: u32,
+        value: &T,
+    ) -> Result<Marker, RunError> {
+        let fp = Fingerprint::of(self.name(), key, version)?;
+        self.begin()?
+            .commit(&fp, version, "StepState::mark_done", value)
     }
 
     /// Invalidates the step: removes its marker, under the step's lease
     /// (waiting while another process runs the step). Its outputs stay
     /// until the step runs again. Returns whether there was a marker.
     pub fn reset(&self) -> Result<bool, RunError> {
-        let lease = self.run.store().lease(&self.name)?;
+        let lease = self.run.store().lease(&self.id)?;
         self.reset_under(&lease)
     }
 
@@ -177,7 +254,7 @@ impl StepState {
     /// is running the step right now ([`running_pids`](Self::running_pids)
     /// says which).
     pub fn try_reset(&self) -> Result<Option<bool>, RunError> {
-        match self.run.store().try_lease(&self.name)? {
+        match self.run.store().try_lease(&self.id)? {
             Some(lease) => self.reset_under(&lease).map(Some),
             None => Ok(None),
         }
@@ -185,7 +262,7 @@ impl StepState {
 
     fn reset_under(&self, lease: &crate::step::store::Lease) -> Result<bool, RunError> {
         let store = self.run.store();
-        match store.read_marker(&self.name)?.version() {
+        match store.read_marker(&self.id)?.version() {
             Some(version) => store.remove_marker(lease, version),
             None => Ok(false),
         }
@@ -199,7 +276,7 @@ impl StepState {
         let mut pids: Vec<u32> = names
             .iter()
             .filter_map(|n| parse_execution(n))
-            .filter(|(step, _)| *step == self.name)
+            .filter(|(step, _)| *step == self.id)
             .map(|(_, pid)| pid)
             .collect();
         pids.sort_unstable();

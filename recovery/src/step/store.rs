@@ -43,6 +43,7 @@ use crate::error::RunError;
 use crate::report::event::Event;
 use crate::report::issue::IssueRecord;
 use crate::report::log::LogRead;
+use crate::step::instance::StepId;
 use crate::step::marker::Marker;
 
 pub use crate::step::local::LocalStore;
@@ -125,9 +126,10 @@ pub enum Put {
     Conflict,
 }
 
-/// The right to change one step's state, until dropped (or expired).
+/// The right to change one step's (or item's) state, until dropped (or
+/// expired).
 pub struct Lease {
-    step: String,
+    step: StepId,
     epoch: u64,
     ttl: Option<Duration>,
     /// What the store keeps while the lease is held (a locked file).
@@ -138,21 +140,21 @@ impl Lease {
     /// A lease on `step` at `epoch`, held as long as `hold` lives (or for
     /// `ttl`, when the store renews and expires leases).
     pub fn new(
-        step: impl Into<String>,
+        step: StepId,
         epoch: u64,
         ttl: Option<Duration>,
         hold: impl Any + Send + Sync,
     ) -> Self {
         Lease {
-            step: step.into(),
+            step,
             epoch,
             ttl,
             _hold: Box::new(hold),
         }
     }
 
-    /// The step it is for.
-    pub fn step(&self) -> &str {
+    /// The step (or item) it is for.
+    pub fn step(&self) -> &StepId {
         &self.step
     }
 
@@ -195,12 +197,16 @@ pub struct Publish<'a> {
     pub outside: bool,
 }
 
+/// The ids of a family's items, one at a time; see
+/// [`StepStore::marked_items`].
+pub type ItemIds<'a> = Box<dyn Iterator<Item = Result<StepId, RunError>> + Send + 'a>;
+
 /// Durable step state: markers, leases, published outputs and logs. See
 /// the [module documentation](self) for the contract every store keeps.
 pub trait StepStore: Send + Sync + fmt::Debug + 'static {
     /// The marker of `step` as it is now (valid or not: the driver decodes
     /// and verifies it).
-    fn read_marker(&self, step: &str) -> Result<StoredMarker, RunError>;
+    fn read_marker(&self, step: &StepId) -> Result<StoredMarker, RunError>;
 
     /// Writes `bytes` as the marker of the lease's step if it has none.
     fn create_marker(&self, lease: &Lease, bytes: &[u8]) -> Result<Put, RunError>;
@@ -218,8 +224,16 @@ pub trait StepStore: Send + Sync + fmt::Debug + 'static {
     /// `expected`; returns whether it did.
     fn remove_marker(&self, lease: &Lease, expected: &MarkerVersion) -> Result<bool, RunError>;
 
-    /// The steps that have a marker, sorted.
+    /// The plain steps that have a marker, sorted.
     fn marked_steps(&self) -> Result<Vec<String>, RunError>;
+
+    /// The families (steps with `item = ...`) that have kept any state,
+    /// sorted.
+    fn families(&self) -> Result<Vec<String>, RunError>;
+
+    /// The items of the family `name` that have a marker, streamed: a
+    /// family of a million items is never held in memory at once.
+    fn marked_items<'a>(&'a self, name: &str) -> Result<ItemIds<'a>, RunError>;
 
     /// Publishes the staged outputs where a reader of a marker finds them.
     fn publish_outputs(&self, lease: &Lease, outputs: &[Publish<'_>]) -> Result<(), RunError>;
@@ -271,15 +285,15 @@ pub trait StepStore: Send + Sync + fmt::Debug + 'static {
     fn fetch_outputs(&self, marker: &Marker) -> Result<u64, RunError>;
 
     /// Takes the lease on `step`, waiting while someone else holds it.
-    fn lease(&self, step: &str) -> Result<Lease, RunError>;
+    fn lease(&self, step: &StepId) -> Result<Lease, RunError>;
 
     /// Takes the lease on `step` if nobody holds it.
-    fn try_lease(&self, step: &str) -> Result<Option<Lease>, RunError>;
+    fn try_lease(&self, step: &StepId) -> Result<Option<Lease>, RunError>;
 
     /// Whether someone holds the lease on `step` right now.
-    fn is_leased(&self, step: &str) -> Result<bool, RunError>;
+    fn is_leased(&self, step: &StepId) -> Result<bool, RunError>;
 
-    /// The steps that have ever been leased, sorted.
+    /// The plain steps and families that have ever been leased, sorted.
     fn leased_steps(&self) -> Result<Vec<String>, RunError>;
 
     /// Appends an event to the run's event log.

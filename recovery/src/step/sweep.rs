@@ -8,6 +8,7 @@ use std::io;
 
 use crate::error::RunError;
 use crate::fs::temp_target;
+use crate::step::instance::StepId;
 use crate::step::layout::{RUN_FILE, execution_step};
 use crate::step::leftover::{self, Expect};
 use crate::step::outside;
@@ -25,7 +26,7 @@ impl Run {
             let Some(step) = execution_step(&name) else {
                 continue;
             };
-            if let Some(_lease) = self.store().try_lease(step)? {
+            if let Some(_lease) = self.store().try_lease(&step)? {
                 self.remove_execution_leftovers(&name)?;
             }
         }
@@ -48,13 +49,16 @@ impl Run {
 
     /// Removes what earlier executions of `step` left in staging (a worker
     /// killed inside the step). The caller holds the step's lease.
-    pub(crate) fn sweep_step(&self, step: &str) -> Result<(), RunError> {
+    pub(crate) fn sweep_step(&self, step: &StepId) -> Result<(), RunError> {
         let staging = self.layout().staging();
         let names = self
             .fs()
             .read_dir(&staging)
             .map_err(|e| RunError::io("list", &staging, e))?;
-        for name in names.iter().filter(|n| execution_step(n) == Some(step)) {
+        for name in names
+            .iter()
+            .filter(|n| execution_step(n).as_ref() == Some(step))
+        {
             self.remove_execution_leftovers(name)?;
         }
         Ok(())
