@@ -25,8 +25,13 @@ fn step_child() -> Command {
     Command::new(env!("CARGO_BIN_EXE_step-child"))
 }
 
-/// Every file under `dir` (outputs only), with its content.
+/// Every file under `dir`'s chain outputs, with its content.
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    snapshot_of(dir, "chain")
+}
+
+/// Every file under `dir/sub`, with its content.
+fn snapshot_of(dir: &Path, sub: &str) -> BTreeMap<String, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
         for e in std::fs::read_dir(dir).unwrap() {
             let e = e.unwrap();
@@ -42,7 +47,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         }
     }
     let mut out = BTreeMap::new();
-    walk(dir, &dir.join("chain"), &mut out);
+    walk(dir, &dir.join(sub), &mut out);
     out
 }
 
@@ -156,6 +161,163 @@ fn eight_processes_on_one_run_directory_run_each_step_once() {
     );
     report("concurrent_processes", 8);
     report("concurrent_step_bodies_run", links.len());
+}
+
+/// The family's child: `page` over `items` items on `threads` threads.
+fn family_child(dir: &Path, side_effects: &Path, items: u32, threads: u32) -> Command {
+    let mut child = step_child();
+    child
+        .arg("family")
+        .arg(dir)
+        .arg(side_effects)
+        .env("RECOVERY_CHILD_ITEMS", items.to_string())
+        .env("RECOVERY_CHILD_THREADS", threads.to_string());
+    child
+}
+
+/// The items of the family whose markers hold.
+fn done_items(dir: &Path) -> std::collections::BTreeSet<u64> {
+    let run = Run::open_existing(dir).unwrap();
+    run.items("page")
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| matches!(e.marker, recovery::marker::MarkerState::Valid(_)))
+        .map(|e| e.item.and_then(|i| i.as_u64()).expect("an item number"))
+        .collect()
+}
+
+/// The items whose bodies the process `pid` ran, from the side-effect log.
+fn bodies_run_by(log: &str, pid: u32) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, p)| p.parse() == Ok(pid))
+        .filter_map(|(step, _)| step.strip_prefix("page-")?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn family_kill_torture() {
+    let kills_wanted = if torture() { 500 } else { 50 };
+    let items = 1000;
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = tmp.path().join("reference");
+    let started = Instant::now();
+    let out = family_child(&reference, Path::new("-"), items, 4)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let full = started.elapsed();
+    let expected = snapshot_of(&reference, "pages");
+    let expected_value = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+
+    let dir = tmp.path().join("run");
+    let log_path = tmp.path().join("bodies.log");
+    let mut rng = Rng::new(1_000);
+    let (mut kills, mut done_before_kills) = (0u64, 0usize);
+    while kills < kills_wanted {
+        let done = if dir.exists() {
+            done_items(&dir)
+        } else {
+            Default::default()
+        };
+        done_before_kills = done.len();
+        let mut child = family_child(&dir, &log_path, items, 4)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Somewhere in the first half of a full run: most kills land with
+        // items done, some running and some not started.
+        let wait = rng.below(full.as_micros() as u64 / 2 + 1_000);
+        std::thread::sleep(Duration::from_micros(wait));
+        let killed = child.try_wait().unwrap().is_none() && child.kill().is_ok();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let rerun: Vec<u64> = bodies_run_by(&log, pid)
+            .into_iter()
+            .filter(|n| done.contains(n))
+            .collect();
+        assert!(rerun.is_empty(), "done items ran again: {rerun:?}");
+        if killed && !out.status.success() {
+            kills += 1;
+        }
+        if out.status.success() {
+            // It finished before the kill: start the family afresh.
+            assert_eq!(snapshot_of(&dir, "pages"), expected);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+    // The last rerun finishes exactly the unfinished items.
+    let done = done_items(&dir);
+    let child = family_child(&dir, &log_path, items, 4)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected_value);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let mut ran = bodies_run_by(&log, pid);
+    ran.sort_unstable();
+    let unfinished: Vec<u64> = (0..u64::from(items))
+        .filter(|n| !done.contains(n))
+        .collect();
+    assert_eq!(ran, unfinished);
+    assert_eq!(
+        snapshot_of(&dir, "pages"),
+        expected,
+        "outputs differ after {kills} kills"
+    );
+    assert_eq!(std::fs::read_dir(dir.join("staging")).unwrap().count(), 0);
+    report("family_items", items);
+    report("family_kills_survived", kills);
+    report("family_items_done_at_last_kill", done_before_kills);
+}
+
+#[test]
+fn eight_processes_of_four_threads_share_one_family() {
+    let items = 200;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let side_effects = tmp.path().join("side-effects.log");
+    Run::open(&dir).unwrap();
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            family_child(&dir, &side_effects, items, 4)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let values: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        })
+        .collect();
+    assert!(values.windows(2).all(|w| w[0] == w[1]), "{values:?}");
+    let log = std::fs::read_to_string(&side_effects).unwrap();
+    let mut ran: Vec<&str> = log.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    ran.sort_unstable();
+    let total = ran.len();
+    ran.dedup();
+    assert_eq!(total, items as usize, "an item's body ran twice");
+    assert_eq!(ran.len(), items as usize);
+    assert_eq!(done_items(&dir).len(), items as usize);
+    report("family_concurrent_workers", 8 * 4);
+    report("family_bodies_run", total);
 }
 
 /// One parsed strace line of interest.

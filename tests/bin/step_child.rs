@@ -5,6 +5,10 @@
 //!     step-child chain RUN_DIR SIDE_EFFECT_FILE    five chained steps with file and directory
 //!                                                  outputs (`-` for no side-effect file)
 //!     step-child crash-outside RUN_DIR EXPORT_DIR   stage outputs in EXPORT_DIR, then SIGKILL itself
+//!     step-child family RUN_DIR SIDE_EFFECT_FILE   the family "page" over RECOVERY_CHILD_ITEMS
+//!                                                  items (1000) on RECOVERY_CHILD_THREADS
+//!                                                  threads (4), each thread starting at its
+//!                                                  own place; prints the sum of the values
 //!
 //! Prints the step's value on success.
 
@@ -50,7 +54,8 @@ fn side_effect(path: &Path, step: &str) -> std::io::Result<()> {
         .create(true)
         .append(true)
         .open(path)?;
-    writeln!(log, "{step} {}", std::process::id())
+    // One write, so lines from many threads and processes never interleave.
+    log.write_all(format!("{step} {}\n", std::process::id()).as_bytes())
 }
 
 /// Deterministic content of `len` bytes from a seed.
@@ -109,6 +114,46 @@ fn chain(run: &Run, s: &Path) -> std::io::Result<u64> {
     link5(run, v, s)
 }
 
+/// One item of a family: a file output whose content depends on the item.
+#[resumable_step("page", item = n)]
+fn page(run: &Run, n: u32, s: &Path) -> std::io::Result<u64> {
+    side_effect(s, &format!("page-{n}"))?;
+    let len = 200 + (n as usize % 7) * 300;
+    run.write_output(&format!("pages/{n:04}.txt"), &content(u64::from(n), len))?;
+    Ok(u64::from(n) * 3)
+}
+
+/// Every item of the family, from `threads` threads that each start at
+/// their own place and wrap around, so that threads (and processes) meet
+/// on items.
+fn family(run: &Run, s: &Path) -> std::io::Result<u64> {
+    let number = |var: &str, default: u32| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let items = number("RECOVERY_CHILD_ITEMS", 1000);
+    let threads = number("RECOVERY_CHILD_THREADS", 4).max(1);
+    let offset = std::process::id() % items.max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || -> std::io::Result<u64> {
+                    let start = offset + t * items / threads;
+                    (0..items).map(|i| page(run, (start + i) % items, s)).sum()
+                })
+            })
+            .collect();
+        // Each worker visits every item, so each sum is the family's.
+        let sums = workers
+            .into_iter()
+            .map(|w| w.join().expect("a worker panicked"))
+            .collect::<std::io::Result<Vec<u64>>>()?;
+        Ok(sums[0])
+    })
+}
+
 /// Stages a directory and a file outside the run, then is killed before
 /// the commit: no destructor runs.
 #[resumable_step("export")]
@@ -127,13 +172,16 @@ fn crash_outside(run: &Run, exports: &Path) -> std::io::Result<u64> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, mode, dir, extra] = args.as_slice() else {
-        return Err("usage: step-child (slow-write|once|chain|crash-outside) RUN_DIR FILE".into());
+        return Err(
+            "usage: step-child (slow-write|once|chain|crash-outside|family) RUN_DIR FILE".into(),
+        );
     };
     let run = Run::open(dir)?;
     match mode.as_str() {
         "slow-write" => println!("{}", slow_write(&run, Path::new(extra))?),
         "once" => println!("{}", once(&run, Path::new(extra))?),
         "chain" => println!("{}", chain(&run, Path::new(extra))?),
+        "family" => println!("{}", family(&run, Path::new(extra))?),
         "crash-outside" => {
             run.allow_outside(extra)?;
             println!("{}", crash_outside(&run, Path::new(extra))?)
