@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use recovery::fs::FileSystem;
 use recovery::marker::{self, MarkerState};
-use recovery::{Fingerprint, Run, resumable_step};
+use recovery::{Fingerprint, Run, StepId, resumable_step};
 use recovery_suite::simfs::{Fault, FaultMode, Node, SimFs, Survival, Tree};
 
 fn torture() -> bool {
@@ -37,7 +37,50 @@ fn block(len: usize, tag: &str) -> Vec<u8> {
 /// 4 KiB blocks), a file output, and a file output outside the run
 /// directory, all written through the seam.
 #[resumable_step("commit-me", key = (tag, outside))]
+fn produce_plain(
+    run: &Run,
+    fs: &SimFs,
+    tag: &str,
+    outside: bool,
+    body_runs: &mut u32,
+) -> std::io::Result<u64> {
+    body(run, fs, tag, outside, body_runs)
+}
+
+/// The same body as one item of a family: its marker sits in the family's
+/// bucket directories, made on the first commit.
+#[resumable_step("commit-item", item = item, key = (tag, outside))]
+fn produce_item(
+    run: &Run,
+    fs: &SimFs,
+    item: u32,
+    tag: &str,
+    outside: bool,
+    body_runs: &mut u32,
+) -> std::io::Result<u64> {
+    body(run, fs, tag, outside, body_runs)
+}
+
+/// The item the family tests commit.
+const ITEM: u32 = 7;
+
+/// The plain step, or the family's item.
 fn produce(
+    run: &Run,
+    fs: &SimFs,
+    tag: &str,
+    outside: bool,
+    family: bool,
+    body_runs: &mut u32,
+) -> std::io::Result<u64> {
+    if family {
+        produce_item(run, fs, ITEM, tag, outside, body_runs)
+    } else {
+        produce_plain(run, fs, tag, outside, body_runs)
+    }
+}
+
+fn body(
     run: &Run,
     fs: &SimFs,
     tag: &str,
@@ -128,11 +171,11 @@ fn open(root: &Path, fs: &Arc<SimFs>) -> Run {
 }
 
 /// What a complete, uninterrupted `produce(tag)` leaves on disk.
-fn reference(tag: &str, outside: bool) -> BTreeMap<PathBuf, Node> {
+fn reference(tag: &str, outside: bool, family: bool) -> BTreeMap<PathBuf, Node> {
     let sim = sim_root();
     let fs = disk(&sim.root);
     let run = open(&sim.root, &fs);
-    produce(&run, &fs, tag, outside, &mut 0).unwrap();
+    produce(&run, &fs, tag, outside, family, &mut 0).unwrap();
     outputs(&fs.view(), &sim.root)
 }
 
@@ -144,11 +187,19 @@ fn check_crash_state(
     tree: Tree,
     tag: &str,
     outside: bool,
+    family: bool,
     expected: &BTreeMap<PathBuf, Node>,
 ) -> Vec<String> {
     let mut violations = Vec::new();
     let fs = Arc::new(SimFs::from_tree(tree));
-    let marker_path = root.join("state/steps/commit-me.json");
+    let (name, marker_path) = if family {
+        let id = StepId::item("commit-item", &ITEM).unwrap().0;
+        let hex = id.item_id().unwrap().to_owned();
+        let bucket = root.join("state/steps/commit-item").join(&hex[..2]);
+        ("commit-item", bucket.join(format!("{hex}.json")))
+    } else {
+        ("commit-me", root.join("state/steps/commit-me.json"))
+    };
     // The durable marker, if it holds, must vouch for intact outputs.
     if fs.stat(root).is_ok()
         && let Ok(MarkerState::Valid(m)) = marker::read(&*fs, &marker_path)
@@ -162,13 +213,15 @@ fn check_crash_state(
         Err(e) => return vec![format!("reopening failed: {e}")],
     };
     run.allow_outside(exports(root)).unwrap();
-    let fp = Fingerprint::of("commit-me", &(tag, outside), 1).unwrap();
-    let done_before = matches!(
-        run.step("commit-me").unwrap().check(&fp),
-        Ok(MarkerState::Valid(_))
-    );
+    let fp = Fingerprint::of(name, &(tag, outside), 1).unwrap();
+    let state = if family {
+        run.step_item(name, &ITEM).unwrap()
+    } else {
+        run.step(name).unwrap()
+    };
+    let done_before = matches!(state.check(&fp), Ok(MarkerState::Valid(_)));
     let mut body_runs = 0;
-    match produce(&run, &fs, tag, outside, &mut body_runs) {
+    match produce(&run, &fs, tag, outside, family, &mut body_runs) {
         Ok(v) if v == 10_000 + tag.len() as u64 => {}
         other => violations.push(format!("the rerun returned {other:?}")),
     }
@@ -195,19 +248,20 @@ fn explore(
     before: Option<&str>,
     tag: &str,
     outside: bool,
+    family: bool,
     random_states: u64,
 ) -> (u64, Vec<String>) {
-    let expected = reference(tag, outside);
+    let expected = reference(tag, outside, family);
     // How many operations does the step take?
     let total = {
         let sim = sim_root();
         let fs = disk(&sim.root);
         let run = open(&sim.root, &fs);
         if let Some(b) = before {
-            produce(&run, &fs, b, outside, &mut 0).unwrap();
+            produce(&run, &fs, b, outside, family, &mut 0).unwrap();
         }
         let start = fs.ops();
-        produce(&run, &fs, tag, outside, &mut 0).unwrap();
+        produce(&run, &fs, tag, outside, family, &mut 0).unwrap();
         fs.ops() - start
     };
     let (mut states, mut violations) = (0, Vec::new());
@@ -216,16 +270,16 @@ fn explore(
         let fs = disk(&sim.root);
         let run = open(&sim.root, &fs);
         if let Some(b) = before {
-            produce(&run, &fs, b, outside, &mut 0).unwrap();
+            produce(&run, &fs, b, outside, family, &mut 0).unwrap();
         }
         fs.crash_after(k);
-        let _ = produce(&run, &fs, tag, outside, &mut 0);
+        let _ = produce(&run, &fs, tag, outside, family, &mut 0);
         drop(run);
         let mut survivals = vec![Survival::AllLost, Survival::AllKept];
         survivals.extend((0..random_states).map(|i| Survival::Random(k * 1_000_003 + i)));
         for survival in survivals {
             let tree = fs.crash_state(survival);
-            for v in check_crash_state(&sim.root, tree, tag, outside, &expected) {
+            for v in check_crash_state(&sim.root, tree, tag, outside, family, &expected) {
                 violations.push(format!("crash after op {k}/{total}, {survival:?}: {v}"));
             }
             states += 1;
@@ -237,15 +291,21 @@ fn explore(
 #[test]
 fn crash_state_exploration() {
     let random = if torture() { 400 } else { 40 };
-    let (a, mut violations) = explore(None, "first", true, random);
-    let (b, v) = explore(Some("old"), "new", true, random);
+    let (a, mut violations) = explore(None, "first", true, false, random);
+    let (b, v) = explore(Some("old"), "new", true, false, random);
     violations.extend(v);
     // Every output inside the run: no outside journal syncs anything.
-    let (c, v) = explore(None, "first", false, random);
+    let (c, v) = explore(None, "first", false, false, random);
     violations.extend(v);
-    let (d, v) = explore(Some("old"), "new", false, random);
+    let (d, v) = explore(Some("old"), "new", false, false, random);
     violations.extend(v);
-    let (a, b) = (a + c, b + d);
+    // An item of a family: its bucket directories are made by the commit.
+    let (e, v) = explore(None, "first", false, true, random);
+    violations.extend(v);
+    let (f, v) = explore(Some("old"), "new", true, true, random);
+    violations.extend(v);
+    report("item_crash_states_checked", e + f);
+    let (a, b) = (a + c + e, b + d + f);
     report("crash_states_checked", a + b);
     report("crash_state_violations", violations.len());
     assert!(
@@ -259,13 +319,32 @@ fn crash_state_exploration() {
 
 #[test]
 fn injected_io_errors_at_every_operation() {
-    let expected = reference("faulty", true);
+    let (mut injected, mut failed_visibly) = (0u64, 0u64);
+    let mut violations = Vec::new();
+    // A plain step, then an item of a family.
+    for family in [false, true] {
+        let (i, f, v) = inject_everywhere(family);
+        injected += i;
+        failed_visibly += f;
+        violations.extend(v);
+    }
+    report("io_faults_injected", injected);
+    report("io_faults_surfaced_as_errors", failed_visibly);
+    report("io_fault_violations", violations.len());
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+    assert!(failed_visibly > injected / 2, "most faults must surface");
+}
+
+/// Injects each errno at every operation of a commit, once and from then
+/// on; returns the faults injected, those that surfaced, and violations.
+fn inject_everywhere(family: bool) -> (u64, u64, Vec<String>) {
+    let expected = reference("faulty", true, family);
     let total = {
         let sim = sim_root();
         let fs = disk(&sim.root);
         let run = open(&sim.root, &fs);
         let start = fs.ops();
-        produce(&run, &fs, "faulty", true, &mut 0).unwrap();
+        produce(&run, &fs, "faulty", true, family, &mut 0).unwrap();
         fs.ops() - start
     };
     let (mut injected, mut failed_visibly) = (0u64, 0u64);
@@ -282,7 +361,7 @@ fn injected_io_errors_at_every_operation() {
                     errno,
                     mode,
                 });
-                let result = produce(&run, &fs, "faulty", true, &mut 0);
+                let result = produce(&run, &fs, "faulty", true, family, &mut 0);
                 let calls = fs.calls();
                 fs.heal();
                 let case = format!("{name} {mode:?} at op {n}/{total}");
@@ -296,8 +375,14 @@ fn injected_io_errors_at_every_operation() {
                     if !text.contains(&std::io::Error::from_raw_os_error(errno).to_string()) {
                         violations.push(format!("{case}: the error hides the cause: {text}"));
                     }
-                    let fp = Fingerprint::of("commit-me", &("faulty", true), 1).unwrap();
-                    let state = run.step("commit-me").unwrap().check(&fp);
+                    let name = if family { "commit-item" } else { "commit-me" };
+                    let fp = Fingerprint::of(name, &("faulty", true), 1).unwrap();
+                    let step = if family {
+                        run.step_item(name, &ITEM).unwrap()
+                    } else {
+                        run.step(name).unwrap()
+                    };
+                    let state = step.check(&fp);
                     // With every later operation failing, a marker that was
                     // renamed into place cannot be taken back; it must then
                     // still vouch only for intact outputs (check verifies).
@@ -320,16 +405,12 @@ fn injected_io_errors_at_every_operation() {
                 if !left.is_empty() {
                     violations.push(format!("{case}: staging garbage after reopening: {left:?}"));
                 }
-                match produce(&run, &fs, "faulty", true, &mut 0) {
+                match produce(&run, &fs, "faulty", true, family, &mut 0) {
                     Ok(_) if outputs(&fs.view(), &sim.root) == expected => {}
                     other => violations.push(format!("{case}: the rerun gave {other:?}")),
                 }
             }
         }
     }
-    report("io_faults_injected", injected);
-    report("io_faults_surfaced_as_errors", failed_visibly);
-    report("io_fault_violations", violations.len());
-    assert!(violations.is_empty(), "{}", violations.join("\n"));
-    assert!(failed_visibly > injected / 2, "most faults must surface");
+    (injected, failed_visibly, violations)
 }
