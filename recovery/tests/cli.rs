@@ -433,3 +433,78 @@ fn every_subcommand_speaks_json() {
         assert!(!parse(&o).is_empty(), "{command}");
     }
 }
+
+#[resumable_step("page", item = n)]
+fn page(run: &Run, n: u32) -> std::io::Result<u32> {
+    if n == 4 {
+        return Err(std::io::Error::other("page 4 is missing"));
+    }
+    run.write_output(&format!("pages/{n}.txt"), b"page")?;
+    Ok(n)
+}
+
+/// A family of five items: 0..=3 done, 4 failed.
+fn family() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = Run::open(tmp.path()).unwrap();
+    for n in 0..5 {
+        let _ = page(&run, n);
+    }
+    tmp
+}
+
+#[test]
+fn status_sums_up_a_family_and_lists_its_items() {
+    let tmp = family();
+    let text = stdout(&cli(&["status"], tmp.path()));
+    assert!(text.contains("4/5 done, 0 not done, 1 failed"), "{text}");
+    let text = stdout(&cli(&["status", "--items"], tmp.path()));
+    let failed: Vec<&str> = text.lines().filter(|l| l.contains("failed ")).collect();
+    assert_eq!(failed.len(), 1, "{text}");
+    assert!(failed[0].contains("page 4 is missing"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" done ")).count(),
+        4,
+        "{text}"
+    );
+    let json = stdout(&cli(&["status", "--json", "--items"], tmp.path()));
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["family"], true);
+    assert_eq!(
+        (lines[0]["done"].as_u64(), lines[0]["failed"].as_u64()),
+        (Some(4), Some(1))
+    );
+    assert_eq!(lines.len(), 6);
+    assert!(
+        lines[1..]
+            .iter()
+            .any(|l| l["item"] == 4 && l["state"] == "failed")
+    );
+}
+
+#[test]
+fn reset_takes_one_item_or_all_of_them() {
+    let tmp = family();
+    let o = cli(&["reset", "page", "--item", "2"], tmp.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "reset page 2: it will run again");
+    let text = stdout(&cli(&["status"], tmp.path()));
+    assert!(text.contains("3/5 done, 1 not done, 1 failed"), "{text}");
+    let o = cli(&["reset", "page", "--item", "not json"], tmp.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("is not JSON"), "{}", stderr(&o));
+    let o = cli(&["reset", "page", "--all", "--json"], tmp.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 3, "{}", stdout(&o));
+    let text = stdout(&cli(&["status"], tmp.path()));
+    assert!(text.contains("0/5 done"), "{text}");
+    // Verify reads every item's marker too.
+    let tmp = family();
+    std::fs::write(tmp.path().join("pages/1.txt"), b"tampered").unwrap();
+    let o = cli(&["verify"], tmp.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("MISMATCH page 1"), "{}", stdout(&o));
+}

@@ -9,7 +9,7 @@ use crate::error::RunError;
 use crate::report::issue::IssueCode;
 use crate::step::instance::StepId;
 use crate::step::layout::execution_step;
-use crate::step::marker::MarkerState;
+use crate::step::marker::{MarkerState, Verify};
 use crate::step::names::check_step_name;
 use crate::step::run::Run;
 use crate::step::state::StepState;
@@ -18,6 +18,12 @@ impl Run {
     /// The names of the steps that have a marker, sorted.
     pub fn steps(&self) -> Result<Vec<String>, RunError> {
         self.store().marked_steps()
+    }
+
+    /// The families (steps with `item = ...`) that have kept any state,
+    /// sorted.
+    pub fn families(&self) -> Result<Vec<String>, RunError> {
+        self.store().families()
     }
 
     /// Every step this run knows of, sorted: those with a marker, a lease
@@ -79,11 +85,19 @@ impl Run {
     ) -> Result<impl Iterator<Item = Result<ItemEntry, RunError>> + 'a, RunError> {
         Ok(self.store().marked_items(name)?.map(move |id| {
             let state = self.step_of(id?, None);
-            let marker = state.marker()?;
-            let item = match &marker {
-                MarkerState::Valid(m) => m.item.clone(),
-                _ => None,
+            // The item is known from a marker that reads, even when its
+            // outputs no longer match.
+            let (item, marker) = match state.read_marker()? {
+                MarkerState::Valid(m) => {
+                    let item = m.item.clone();
+                    match state.verify_outputs(&m, Verify::Hash)? {
+                        Ok(()) => (item, MarkerState::Valid(m)),
+                        Err(reason) => (item, MarkerState::Invalid(reason)),
+                    }
+                }
+                other => (None, other),
             };
+            let state = self.step_of(state.id().clone(), item.clone());
             Ok(ItemEntry {
                 item,
                 state,
@@ -103,7 +117,7 @@ impl Run {
 #[derive(Debug)]
 pub struct ItemEntry {
     /// The item as its marker records it; `None` when the marker does not
-    /// hold (then only its id is known: [`StepState::id`]).
+    /// read (then only its id is known: [`StepState::id`]).
     pub item: Option<Value>,
     /// The item's step state, to load, reset or check it again.
     pub state: StepState,

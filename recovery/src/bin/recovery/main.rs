@@ -1,9 +1,12 @@
 //! `recovery`: inspect and repair run directories.
 //!
-//!     recovery status RUN_DIR [--allow-outside DIR]... [--json]   every step: done, running, failed, not done
+//!     recovery status RUN_DIR [--allow-outside DIR]... [--items] [--json]
+//!                                  every step: done, running, failed, not done;
+//!                                  a family summed up (each item with --items)
 //!     recovery events RUN_DIR [--type T] [--step S] [--json]
 //!     recovery issues RUN_DIR [--json]
-//!     recovery reset RUN_DIR STEP [--no-wait] [--json]   invalidate one step (atomically)
+//!     recovery reset RUN_DIR STEP [--item JSON | --all] [--no-wait] [--json]
+//!                                  invalidate one step or item (atomically)
 //!     recovery verify RUN_DIR [--allow-outside DIR]... [--json]   re-hash every recorded output
 //!
 //! Outputs that steps placed outside the run directory are read only under
@@ -17,6 +20,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
+
+mod families;
 
 use clap::{Parser, Subcommand};
 use recovery::marker::{MarkerState, Verify};
@@ -42,7 +47,10 @@ enum Command {
         /// A directory outside the run where steps placed outputs (repeatable).
         #[arg(long, value_name = "DIR")]
         allow_outside: Vec<PathBuf>,
-        /// One JSON object per step.
+        /// Each item of a family, after its summary.
+        #[arg(long)]
+        items: bool,
+        /// One JSON object per step (and per item with --items).
         #[arg(long)]
         json: bool,
     },
@@ -75,6 +83,12 @@ enum Command {
         run_dir: PathBuf,
         /// The step's name.
         step: String,
+        /// One item of the family STEP, as JSON (e.g. '"repo-a"' or '3').
+        #[arg(long, value_name = "JSON", conflicts_with = "all")]
+        item: Option<String>,
+        /// Every item of the family STEP (and the plain step, if one).
+        #[arg(long)]
+        all: bool,
         /// Do not wait for a process running the step: exit 2 at once.
         #[arg(long)]
         no_wait: bool,
@@ -147,8 +161,9 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Status {
             run_dir,
             allow_outside,
+            items,
             json,
-        } => status(&open_allowing(run_dir, &allow_outside)?, json),
+        } => status(&open_allowing(run_dir, &allow_outside)?, items, json),
         Command::Events {
             run_dir,
             kind,
@@ -187,41 +202,45 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Reset {
             run_dir,
             step,
+            item,
+            all,
             no_wait,
             json,
         } => {
             let run = Run::open_existing(run_dir)?;
-            let state = run.step(&step)?;
-            let had_marker = match state.try_reset()? {
-                Some(had) => had,
-                None => {
-                    let holder = match state.running_pids()?.as_slice() {
-                        [] => "another process".to_owned(),
-                        pids => {
-                            let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-                            format!("process {}", pids.join(", "))
+            let states = match (item, all) {
+                (Some(item), _) => {
+                    let value: serde_json::Value = match serde_json::from_str(&item) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            eprintln!(
+                                "error: --item {item:?} is not JSON ({e}); quote a string item \
+                                 as JSON, e.g. --item '\"repo-a\"'"
+                            );
+                            return Ok(ExitCode::from(2));
                         }
                     };
-                    if no_wait {
-                        eprintln!("error: {step} is running in {holder}; not reset (--no-wait)");
-                        return Ok(ExitCode::from(2));
-                    }
-                    eprintln!(
-                        "waiting for {holder}, which is running {step}, to finish \
-                         (Ctrl-C to stop; --no-wait not to wait)"
-                    );
-                    state.reset()?
+                    vec![run.step_item(&step, &value)?]
                 }
+                (None, true) => {
+                    let mut states = Vec::new();
+                    if run.steps()?.contains(&step) {
+                        states.push(run.step(&step)?);
+                    }
+                    for entry in run.items(&step)? {
+                        states.push(entry?.state);
+                    }
+                    states
+                }
+                (None, false) => vec![run.step(&step)?],
             };
-            if json {
-                outln!(
-                    "{}",
-                    serde_json::json!({ "step": step, "reset": had_marker })
-                );
-            } else if had_marker {
-                outln!("reset {step}: it will run again");
-            } else {
-                outln!("{step} had no marker: nothing to reset");
+            for state in &states {
+                if let Some(code) = reset(state, no_wait, json)? {
+                    return Ok(code);
+                }
+            }
+            if states.is_empty() && !json {
+                outln!("{step} has no marker and no item with one: nothing to reset");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -230,6 +249,57 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
             allow_outside,
             json,
         } => verify(&open_allowing(run_dir, &allow_outside)?, json),
+    }
+}
+
+/// Resets one step or item, waiting (and saying so) while another process
+/// runs it; `Some(code)` to stop with when told not to wait.
+fn reset(
+    state: &recovery::StepState,
+    no_wait: bool,
+    json: bool,
+) -> Result<Option<ExitCode>, CliError> {
+    let step = state.id().to_string();
+    let had_marker = match state.try_reset()? {
+        Some(had) => had,
+        None => {
+            let holder = match state.running_pids()?.as_slice() {
+                [] => "another process".to_owned(),
+                pids => {
+                    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                    format!("process {}", pids.join(", "))
+                }
+            };
+            if no_wait {
+                eprintln!("error: {step} is running in {holder}; not reset (--no-wait)");
+                return Ok(Some(ExitCode::from(2)));
+            }
+            eprintln!(
+                "waiting for {holder}, which is running {step}, to finish \
+                 (Ctrl-C to stop; --no-wait not to wait)"
+            );
+            state.reset()?
+        }
+    };
+    if json {
+        let mut line = serde_json::json!({ "step": state.name(), "reset": had_marker });
+        if let Some(item) = state.item() {
+            line["item"] = item.clone();
+        }
+        outln!("{line}");
+    } else if had_marker {
+        outln!("reset {}: it will run again", describe(state));
+    } else {
+        outln!("{} had no marker: nothing to reset", describe(state));
+    }
+    Ok(None)
+}
+
+/// A step as the user named it: its name, and its item as JSON.
+fn describe(state: &recovery::StepState) -> String {
+    match state.item() {
+        Some(item) => format!("{} {item}", state.name()),
+        None => state.name().to_owned(),
     }
 }
 
@@ -304,8 +374,10 @@ fn step_status(run: &Run, name: &str, issues: &[IssueRecord]) -> Result<StepStat
     Ok(status)
 }
 
-fn status(run: &Run, json: bool) -> Result<ExitCode, CliError> {
+fn status(run: &Run, items: bool, json: bool) -> Result<ExitCode, CliError> {
     let steps = run.known_steps()?;
+    let families = run.families()?;
+    let plain = run.steps()?;
     let issues = run.issues()?.records;
     let mut invalid = 0;
     if steps.is_empty() && !json {
@@ -324,6 +396,12 @@ fn status(run: &Run, json: bool) -> Result<ExitCode, CliError> {
         );
     }
     for name in steps {
+        if families.contains(&name) {
+            invalid += families::status(run, &name, &issues, items, json)?;
+            if !plain.contains(&name) {
+                continue;
+            }
+        }
         let status = step_status(run, &name, &issues)?;
         if matches!(status.state, "INVALID" | "ERROR") {
             invalid += 1;
@@ -349,9 +427,18 @@ fn status(run: &Run, json: bool) -> Result<ExitCode, CliError> {
 
 fn verify(run: &Run, json: bool) -> Result<ExitCode, CliError> {
     let (mut steps, mut outputs, mut bad) = (0, 0, 0);
+    // Plain steps, then every item of every family: the library's own
+    // checks, as `status` and a resuming step make them.
+    let mut states = Vec::new();
     for name in run.steps()? {
-        // The library's own checks, as `status` and a resuming step make them.
-        let step = run.step(&name)?;
+        states.push(run.step(&name)?);
+    }
+    for family in run.families()? {
+        for entry in run.items(&family)? {
+            states.push(entry?.state);
+        }
+    }
+    for step in states {
         let (state, detail) = match step.read_marker() {
             Ok(MarkerState::Valid(m)) => {
                 steps += 1;
@@ -370,12 +457,14 @@ fn verify(run: &Run, json: bool) -> Result<ExitCode, CliError> {
             bad += 1;
         }
         if json {
-            outln!(
-                "{}",
-                serde_json::json!({ "step": name, "state": state, "detail": detail })
-            );
+            let mut line =
+                serde_json::json!({ "step": step.name(), "state": state, "detail": detail });
+            if let Some(item) = step.item() {
+                line["item"] = item.clone();
+            }
+            outln!("{line}");
         } else if let Some(detail) = detail {
-            outln!("{state:<8} {name}: {detail}");
+            outln!("{state:<8} {}: {detail}", describe(&step));
         }
     }
     if json {
