@@ -344,3 +344,110 @@ fn a_bad_argument_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// `n` small local repositories (repository `i` has `i` files).
+fn local_repos(root: &Path, n: usize) -> Vec<String> {
+    (1..=n)
+        .map(|i| {
+            let dir = root.join(format!("repo-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            git(&dir, &["init", "-q"]);
+            for j in 1..=i {
+                std::fs::write(dir.join(format!("f{j}.txt")), format!("line {j}\n")).unwrap();
+            }
+            git(&dir, &["add", "."]);
+            git(&dir, &["commit", "-qm", "files"]);
+            dir.display().to_string()
+        })
+        .collect()
+}
+
+/// The lines of a run's output that say an item of `family` was done
+/// (`done`) or resumed (`already done`), by repository.
+fn items_said(stdout: &str, family: &str, what: &str) -> Vec<String> {
+    let mut repos: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.starts_with(&format!("[{family} ")) && l.contains(what))
+        .filter_map(|l| l.split('"').nth(1).map(str::to_owned))
+        .collect();
+    repos.sort();
+    repos
+}
+
+#[test]
+fn a_pool_of_repositories_killed_part_way_resumes_exactly_the_unfinished_items() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repos = local_repos(tmp.path(), 8);
+    let mut args: Vec<&str> = repos.iter().flat_map(|r| ["--repo", r.as_str()]).collect();
+    args.extend(["--jobs", "3"]);
+    // Uninterrupted, for comparison.
+    let reference = tmp.path().join("reference");
+    ok(run_pipeline(&reference, &args));
+    let expected = std::fs::read(reference.join("artifacts/pool.json")).unwrap();
+
+    let dir = tmp.path().join("run");
+    let mut crash = args.clone();
+    crash.extend(["--crash-after-items", "2"]);
+    let out = run_pipeline(&dir, &crash);
+    assert!(!out.status.success(), "it should have been killed");
+    // What the kill left done, as the run directory says (an item may have
+    // committed after the last line was printed).
+    let run = recovery::Run::open_existing(&dir).unwrap();
+    let mut indexed: Vec<String> = run
+        .items("index-repo")
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| matches!(e.marker, recovery::marker::MarkerState::Valid(_)))
+        .map(|e| e.item.unwrap().as_str().unwrap().to_owned())
+        .collect();
+    indexed.sort();
+    assert!(
+        indexed.len() >= 2 && indexed.len() < repos.len(),
+        "{indexed:?}"
+    );
+
+    let second = ok(run_pipeline(&dir, &args));
+    // The items indexed before the kill resume; every other one runs.
+    assert_eq!(
+        items_said(&second, "index-repo", "already done"),
+        indexed,
+        "{second}"
+    );
+    let mut all = indexed.clone();
+    all.extend(items_said(&second, "index-repo", "done ("));
+    all.sort();
+    let mut want = repos.clone();
+    want.sort();
+    assert_eq!(all, want, "{second}");
+    assert_eq!(
+        std::fs::read(dir.join("artifacts/pool.json")).unwrap(),
+        expected
+    );
+    // A third run redoes nothing.
+    let third = ok(run_pipeline(&dir, &args));
+    assert!(
+        items_said(&third, "index-repo", "done (").is_empty(),
+        "{third}"
+    );
+    assert_eq!(items_said(&third, "index-repo", "already done"), want);
+}
+
+#[test]
+fn a_pool_from_a_file_and_bad_pool_arguments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repos = local_repos(tmp.path(), 2);
+    let list = tmp.path().join("repos.txt");
+    std::fs::write(&list, format!("# two\n{}\n\n{}\n", repos[0], repos[1])).unwrap();
+    let dir = tmp.path().join("run");
+    let out = ok(run_pipeline(&dir, &["--repos", list.to_str().unwrap()]));
+    assert_eq!(items_said(&out, "index-repo", "done (").len(), 2, "{out}");
+    let out = run_pipeline(&dir, &["--jobs", "0"]);
+    assert!(!out.status.success());
+    let out = run_pipeline(&tmp.path().join("other"), &["--crash-after-items", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--crash-after-items is for a pool"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -808,3 +808,29 @@ fn an_output_directory_reached_through_a_symlink_is_refused() {
     assert!(err.to_string().contains("not a directory"), "{err}");
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_leftover_still_written_by_an_orphan_does_not_stop_the_run_from_opening() {
+    // A worker killed mid-step can leave a child (a `git clone`) that keeps
+    // writing into its staging directory; the next opener's sweep cannot
+    // remove that directory yet, and must not fail for it.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    Run::open(&dir).unwrap();
+    let leftover = dir.join("staging/clone@999999.0");
+    std::fs::create_dir_all(&leftover).unwrap();
+    let mut orphan = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("i=0; while :; do i=$((i+1)); : > \"$0/f$i\"; done")
+        .arg(&leftover)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let opened: Vec<bool> = (0..5).map(|_| Run::open(&dir).is_ok()).collect();
+    orphan.kill().unwrap();
+    orphan.wait().unwrap();
+    assert!(opened.iter().all(|ok| *ok), "{opened:?}");
+    // Once the orphan is gone, the next sweep removes it.
+    Run::open(&dir).unwrap();
+    assert!(!leftover.exists());
+}

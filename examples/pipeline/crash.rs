@@ -58,7 +58,7 @@ pub fn maybe(run: &Run, point: Point) {
     }
 }
 
-fn kill_self() -> ! {
+pub fn kill_self() -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let _ = std::process::Command::new("kill")

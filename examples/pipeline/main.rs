@@ -6,8 +6,12 @@
 //!     cargo run --example pipeline -- --simulate-failure
 //!     cargo run --example pipeline -- --crash-after clone   # then run again: it resumes
 //!     cargo run --example pipeline -- --repo https://...    # clone something else
+//!     cargo run --example pipeline -- --repo A --repo B --repo C --jobs 3
+//!                                   # a pool: each repository cloned and indexed
+//!                                   # as an item of two step families
 
 mod crash;
+mod pool;
 mod proxy;
 mod report;
 mod source;
@@ -33,8 +37,21 @@ struct Args {
     #[arg(long, default_value = "runs/demo")]
     run_dir: PathBuf,
     /// Clone this (a path or a URL) instead of the built-in demo repository.
+    /// Given more than once, the repositories are a pool: each is cloned
+    /// and indexed as an item of the families `clone-repo` and `index-repo`.
     #[arg(long)]
-    repo: Option<String>,
+    repo: Vec<String>,
+    /// A file of repositories for a pool, one per line (blank lines and
+    /// lines starting with `#` are skipped).
+    #[arg(long, value_name = "FILE")]
+    repos: Option<PathBuf>,
+    /// Threads that clone and index a pool's repositories at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: u16,
+    /// End the process abruptly (SIGKILL) once this many of a pool's
+    /// repositories are newly indexed; run again to resume the rest.
+    #[arg(long, value_name = "K")]
+    crash_after_items: Option<u32>,
     /// Put a flaky proxy in front of the git server that drops the first
     /// connections, and make the worker fail on its first attempts.
     #[arg(long)]
@@ -75,11 +92,32 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     });
     let run = Run::open(&args.run_dir)?;
     println!("run directory: {}", run.dir().display());
+    let mut repos = args.repo.clone();
+    if let Some(file) = &args.repos {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read the repository list {}: {e}", file.display()))?;
+        repos.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    if repos.len() > 1 || args.repos.is_some() || args.jobs > 1 {
+        return pool(&run, &repos, &args);
+    }
+    if args.crash_after_items.is_some() {
+        return Err(
+            "--crash-after-items is for a pool of repositories (--repo given more than \
+                    once, or --repos FILE)"
+                .into(),
+        );
+    }
 
     // The source: a URL given, or the demo repository served on loopback.
     // `head` is where the source's HEAD points now: the clone is keyed on
     // it, so new commits rerun the clone and nothing else does.
-    let (url, source, ask_head) = match &args.repo {
+    let (url, source, ask_head) = match repos.first() {
         Some(repo) => (repo.clone(), repo.clone(), repo.clone()),
         None => {
             let mut name = run.dir().file_name().unwrap_or_default().to_owned();
@@ -160,5 +198,54 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         summary.bytes
     );
     println!("artifacts in {}", artifacts.display());
+    Ok(())
+}
+
+/// A pool of repositories, cloned and indexed on `--jobs` threads; writes
+/// `artifacts/pool.json` (one entry per repository, in the order given).
+fn pool(run: &Run, repos: &[String], args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    if repos.is_empty() {
+        return Err(
+            "a pool needs repositories: give --repo more than once, or --repos FILE".into(),
+        );
+    }
+    println!(
+        "{} repositories on {} thread{}",
+        repos.len(),
+        args.jobs,
+        if args.jobs == 1 { "" } else { "s" }
+    );
+    let progress = Arc::new(Progress::default());
+    progress.bar_for("index-repo", repos.len() as u64);
+    let ctx = Context::builder()
+        .observer(progress.clone())
+        .seed(args.seed)
+        .build();
+    let outcomes = pool::run(
+        run,
+        repos,
+        usize::from(args.jobs),
+        args.crash_after_items,
+        &ctx,
+    );
+    progress.finish();
+    let artifacts = run.dir().join("artifacts");
+    std::fs::create_dir_all(&artifacts)?;
+    let mut json = serde_json::to_vec_pretty(&outcomes)?;
+    json.push(b'\n');
+    recovery::atomic_write(&artifacts.join("pool.json"), &json)?;
+    let failed = outcomes.iter().filter(|o| o.outcome != "done").count();
+    println!();
+    for o in &outcomes {
+        match (&o.index, &o.error) {
+            (Some(i), _) => println!("  {:<40} {} files, {} lines", o.repo, i.files, i.lines),
+            (None, Some(e)) => println!("  {:<40} failed: {e}", o.repo),
+            (None, None) => println!("  {:<40} {}", o.repo, o.outcome),
+        }
+    }
+    println!("artifacts in {}", artifacts.display());
+    if failed > 0 {
+        return Err(format!("{failed} of {} repositories failed", outcomes.len()).into());
+    }
     Ok(())
 }

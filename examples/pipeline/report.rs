@@ -1,22 +1,98 @@
 //! What the pipeline prints while it works, and `artifacts/recovery_log.json`
 //! at the end.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
-use recovery::{Event, IssueRecord, Observer};
+use indicatif::{ProgressBar, ProgressStyle};
+use recovery::{Event, IssueCode, IssueRecord, Observer};
 use serde::Serialize;
 
 /// Prints each step and each retry as it happens, and keeps the events for
-/// the log.
+/// the log. For a pool of repositories on a terminal, a progress bar of
+/// the items done, resumed and failed stands in for the lines.
 #[derive(Default)]
 pub struct Progress {
     events: Mutex<Vec<Event>>,
     issues: Mutex<Vec<IssueRecord>>,
+    bar: OnceLock<Bar>,
+}
+
+/// The progress bar of a pool, counting items of the family `step`.
+struct Bar {
+    bar: ProgressBar,
+    step: &'static str,
+    done: AtomicU64,
+    resumed: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Bar {
+    fn show(&self) {
+        let count = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        self.bar.set_message(format!(
+            "{} done, {} resumed, {} failed",
+            count(&self.done),
+            count(&self.resumed),
+            count(&self.failed)
+        ));
+    }
+}
+
+impl Progress {
+    /// Shows a progress bar of `items` items of the family `step` instead
+    /// of a line per event, when standard output is a terminal.
+    pub fn bar_for(&self, step: &'static str, items: u64) {
+        use std::io::IsTerminal;
+        if !std::io::stdout().is_terminal() {
+            return;
+        }
+        let bar = ProgressBar::new(items);
+        if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}") {
+            bar.set_style(style);
+        }
+        let _ = self.bar.set(Bar {
+            bar,
+            step,
+            done: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        });
+    }
+
+    /// Ends the progress bar, if one is shown.
+    pub fn finish(&self) {
+        if let Some(b) = self.bar.get() {
+            b.bar.finish();
+        }
+    }
+
+    fn line(&self, text: String) {
+        match self.bar.get() {
+            Some(b) => b.bar.println(text),
+            None => println!("{text}"),
+        }
+    }
 }
 
 impl Observer for Progress {
     fn on_event(&self, event: &Event) {
-        println!("{event}");
+        match self.bar.get() {
+            Some(b) if event.subject() == b.step => {
+                let counter = match event {
+                    Event::StepCompleted { .. } => Some(&b.done),
+                    Event::StepResumed { .. } => Some(&b.resumed),
+                    _ => None,
+                };
+                if let Some(counter) = counter {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    b.bar.inc(1);
+                    b.show();
+                }
+            }
+            // Retries and other steps' events stay visible above the bar.
+            _ => self.line(event.to_string()),
+        }
         self.events
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -24,13 +100,20 @@ impl Observer for Progress {
     }
 
     fn on_issue(&self, issue: &IssueRecord) {
-        println!(
+        if let Some(b) = self.bar.get()
+            && issue.error_code == IssueCode::StepFailed
+        {
+            b.failed.fetch_add(1, Ordering::Relaxed);
+            b.bar.inc(1);
+            b.show();
+        }
+        self.line(format!(
             "[{}] gave up: {} after {} attempt(s): {}",
             issue.operation,
             issue.error_code.as_str(),
             issue.attempts,
             issue.last_error
-        );
+        ));
         self.issues
             .lock()
             .unwrap_or_else(|p| p.into_inner())

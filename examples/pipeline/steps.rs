@@ -177,9 +177,20 @@ pub fn remote_head(url: &str) -> Result<String, PipelineError> {
             when = PipelineError::is_transient)]
 pub fn clone_repo(run: &Run, source: &str, head: &str, url: &str) -> Result<Cloned, PipelineError> {
     let out = run.output_dir("repo")?;
+    let commit = git_clone(url, out.path())?;
+    crash::maybe(run, Point::Inside("clone"));
+    Ok(Cloned {
+        path: out.final_path().to_owned(),
+        commit,
+    })
+}
+
+/// Clones `url` into `dest` with the real git; returns the commit checked
+/// out.
+pub fn git_clone(url: &str, dest: &Path) -> Result<String, PipelineError> {
     let result = Command::new("git")
         .args(["clone", "--quiet", "--no-hardlinks", url])
-        .arg(out.path())
+        .arg(dest)
         .env("GIT_TERMINAL_PROMPT", "0")
         .output()?;
     if !result.status.success() {
@@ -190,7 +201,7 @@ pub fn clone_repo(run: &Run, source: &str, head: &str, url: &str) -> Result<Clon
     }
     let head = Command::new("git")
         .args(["rev-parse", "HEAD"])
-        .current_dir(out.path())
+        .current_dir(dest)
         .output()?;
     if !head.status.success() {
         return Err(git_failure(
@@ -198,11 +209,7 @@ pub fn clone_repo(run: &Run, source: &str, head: &str, url: &str) -> Result<Clon
             &String::from_utf8_lossy(&head.stderr),
         ));
     }
-    crash::maybe(run, Point::Inside("clone"));
-    Ok(Cloned {
-        path: out.final_path().to_owned(),
-        commit: String::from_utf8_lossy(&head.stdout).trim().to_owned(),
-    })
+    Ok(String::from_utf8_lossy(&head.stdout).trim().to_owned())
 }
 
 /// One file of the checkout.
@@ -258,7 +265,7 @@ pub fn build_manifest(
 }
 
 /// Every file under `dir` but `.git`, with size, line count and hash.
-fn walk(root: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> std::io::Result<()> {
+pub fn walk(root: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();

@@ -27,7 +27,8 @@ impl Run {
                 continue;
             };
             if let Some(_lease) = self.store().try_lease(&step)? {
-                self.remove_execution_leftovers(&name)?;
+                self.remove_execution_leftovers(&name)
+                    .or_else(left_for_later)?;
             }
         }
         // A creator that crashed before its rename left its temporary
@@ -86,6 +87,26 @@ impl Run {
             },
         )
     }
+}
+
+/// A leftover that could not be removed now is left for a later sweep,
+/// not a reason to fail: a process that outlived its killed parent (a
+/// `git clone` the worker started) may still be writing into it. It has a
+/// name no new execution takes, so it is in nobody's way.
+fn left_for_later(error: RunError) -> Result<(), RunError> {
+    match error {
+        RunError::Io { .. } => {
+            report_left(&error);
+            Ok(())
+        }
+        other => Err(other),
+    }
+}
+
+/// A leftover left for a later sweep, worth a look if it stays.
+fn report_left(_error: &RunError) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(error = %_error, "left a dead step's leftover for a later sweep");
 }
 
 /// A leftover the sweep would not remove: not ours, so not ours to delete,
