@@ -15,16 +15,30 @@ use recovery::{Context, Fingerprint, RetryBudget, Run, VirtualClock, retryable};
 struct Counting;
 
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+/// Bytes allocated and not yet freed, and the most seen since a reset.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        let live = LIVE.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
+        PEAK.fetch_max(live, Ordering::SeqCst);
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::SeqCst);
         unsafe { System.dealloc(ptr, layout) }
     }
+}
+
+/// The most heap `f` held at once beyond what was live before it.
+fn peak_heap_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let before = LIVE.load(Ordering::SeqCst);
+    PEAK.store(before, Ordering::SeqCst);
+    let r = f();
+    (r, PEAK.load(Ordering::SeqCst) - before)
 }
 
 #[global_allocator]
@@ -231,6 +245,39 @@ fn resume_check_allocates_only_for_the_marker() {
     assert!(many <= 16, "{many} allocations beyond the marker read");
 }
 
+/// The heap `run.items` holds while going over a family of `n` items.
+fn items_listing_peak(n: u32) -> usize {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = Run::open(tmp.path()).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let run = &run;
+            s.spawn(move || {
+                for i in (t..n).step_by(8) {
+                    run.step_item("page", &i)
+                        .unwrap()
+                        .mark_done(&(), 1, &i)
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let (count, peak) = peak_heap_during(|| run.items("page").unwrap().count());
+    assert_eq!(count, n as usize);
+    peak
+}
+
+fn listing_a_family_holds_memory_flat_in_its_items() {
+    let small = items_listing_peak(100);
+    let large = items_listing_peak(3_000);
+    // 30 times the items; a Vec of every item would hold 30 times the heap.
+    // One bucket's listing at a time grows with items per bucket only.
+    assert!(
+        large < small * 2 + (64 << 10),
+        "run.items held {large} bytes for 3,000 items, {small} for 100"
+    );
+}
+
 // One test function, so that no parallel test allocates while counting.
 #[test]
 fn happy_path_costs_nothing() {
@@ -239,4 +286,5 @@ fn happy_path_costs_nothing() {
     no_clock_read_on_success_without_deadline();
     no_random_number_on_success();
     resume_check_allocates_only_for_the_marker();
+    listing_a_family_holds_memory_flat_in_its_items();
 }

@@ -55,7 +55,8 @@
 //! - [`Classify`] lets an error say whether it is transient and how long to
 //!   wait; it is implemented for [`std::io::Error`].
 //! - [`resumable_step`] and [`Run`] make a function a step of a run
-//!   directory: resumed when done, its outputs committed atomically.
+//!   directory: resumed when done, its outputs committed atomically; with
+//!   `item = ...`, a family of steps, one instance per item.
 //! - [`Context`] routes [`Event`]s and [`IssueRecord`]s to an [`Observer`],
 //!   and offers virtual time ([`VirtualClock`]) for tests.
 //!
@@ -172,6 +173,7 @@ pub use recovery_macros::retryable;
 /// | key | value | default |
 /// |---|---|---|
 /// | name (first, a string) | the step's name: `[A-Za-z0-9_.-]`, unique in the run | required |
+/// | `item` | makes the step a family: each distinct item (any `Serialize` expression; compared by its canonical JSON) is an instance with its own marker, lock and outputs | none: one instance |
 /// | `key` | a serialisable value fingerprinted into the marker; a different key reruns the step | `()` |
 /// | `version` | integer; bump it to rerun the step after its code changed | `1` |
 /// | `run` | where the [`Run`] comes from, when no parameter has type `&Run` | the `&Run` parameter |
@@ -190,4 +192,35 @@ pub use recovery_macros::retryable;
 /// no marker and records a `STEP_FAILED` issue. A `#[retryable]` placed
 /// under this attribute retries the body inside the step: the resume check
 /// runs once. Events of retries inside a step land in the run's event log.
+///
+/// # Families
+/// With `item = expr`, calls for different items are different instances
+/// that resume one by one and may run at once, from threads and processes
+/// (one item never runs twice at once). Threads the body starts declare
+/// outputs through [`Step::current`].
+///
+/// ```
+/// use recovery::{resumable_step, Run};
+///
+/// #[resumable_step("page", item = n)]
+/// fn page(run: &Run, n: u32, calls: &std::sync::atomic::AtomicU32) -> std::io::Result<u32> {
+///     calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+///     run.write_output(&format!("pages/{n}.txt"), n.to_string().as_bytes())?;
+///     Ok(n * 10)
+/// }
+///
+/// let tmp = tempfile::tempdir()?;
+/// let run = Run::open(tmp.path())?;
+/// let calls = std::sync::atomic::AtomicU32::new(0);
+/// std::thread::scope(|s| {
+///     for n in 0..4 {
+///         let (run, calls) = (&run, &calls);
+///         s.spawn(move || page(run, n, calls));
+///     }
+/// });
+/// assert_eq!(page(&run, 2, &calls)?, 20);            // resumed: item 2 is done
+/// assert_eq!(calls.into_inner(), 4);
+/// assert_eq!(run.items("page")?.count(), 4);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub use recovery_macros::resumable_step;

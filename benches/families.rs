@@ -1,0 +1,132 @@
+//! Step families at scale, side by side with the bare work they wrap:
+//! - the resume check of a family's done items (each: marker read and
+//!   checked, output stat and BLAKE3) against reading each marker file,
+//!   stat-ing and hashing each output by hand;
+//! - committing items from 8 threads (a marker and one small output each)
+//!   against writing one file per item with one fsync each, from 8 threads.
+//!
+//! `FAMILY_ITEMS` sets the family's size (default 100,000: building it
+//! takes about a minute).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use recovery::marker::MarkerState;
+use recovery::{Fingerprint, Run};
+
+fn items() -> u32 {
+    std::env::var("FAMILY_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// Commits item `i` of the family `page`: one 1 KiB output.
+fn commit_item(run: &Run, i: u32) {
+    let exec = run.step_item("page", &i).unwrap().begin().unwrap();
+    exec.output_file(&format!("pages/{:02}/{i}.bin", i % 97))
+        .map(|o| std::fs::write(o.path(), vec![(i % 251) as u8; 1024]).unwrap())
+        .unwrap();
+    let fp = Fingerprint::of("page", &(), 1).unwrap();
+    exec.commit(&fp, 1, "bench", &i).unwrap();
+}
+
+/// Runs `f(i)` for every `i` below `n` on 8 threads.
+fn on_eight_threads(n: u32, f: impl Fn(u32) + Sync) {
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let f = &f;
+            s.spawn(move || (t..n).step_by(8).for_each(f));
+        }
+    });
+}
+
+fn resume_check(c: &mut Criterion) {
+    let n = items();
+    let root =
+        tempfile::tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| ".".into())).unwrap();
+    let run = Run::open(root.path()).unwrap();
+    on_eight_threads(n, |i| commit_item(&run, i));
+    let fp = Fingerprint::of("page", &(), 1).unwrap();
+    let markers: Vec<PathBuf> = (0..n)
+        .map(|i| run.step_item("page", &i).unwrap().marker_path())
+        .collect();
+    let outputs: Vec<PathBuf> = (0..n)
+        .map(|i| root.path().join(format!("pages/{:02}/{i}.bin", i % 97)))
+        .collect();
+
+    let mut g = c.benchmark_group("family_resume");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(u64::from(n)));
+    g.bench_function("bare_read_stat_hash", |b| {
+        b.iter(|| bare_check(&markers, &outputs))
+    });
+    g.bench_function("recovery_items_check", |b| {
+        b.iter(|| {
+            (0..n)
+                .filter(|i| {
+                    let state = run.step_item("page", i).unwrap();
+                    matches!(state.check(&fp).unwrap(), MarkerState::Valid(_))
+                })
+                .count()
+        })
+    });
+    g.finish();
+}
+
+/// What a resume check must do at the least, by hand: read the marker,
+/// stat the output, hash it.
+fn bare_check(markers: &[PathBuf], outputs: &[PathBuf]) -> u64 {
+    let mut acc = 0u64;
+    for (m, o) in markers.iter().zip(outputs) {
+        acc += std::fs::read(m).unwrap().len() as u64;
+        acc += std::fs::symlink_metadata(o).unwrap().len();
+        let mut h = blake3::Hasher::new();
+        h.update_reader(std::fs::File::open(o).unwrap()).unwrap();
+        acc ^= u64::from(h.finalize().as_bytes()[0]);
+    }
+    acc
+}
+
+fn commit_throughput(c: &mut Criterion) {
+    const BATCH: u32 = 800;
+    let root =
+        tempfile::tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| ".".into())).unwrap();
+    let mut g = c.benchmark_group("family_commit");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(u64::from(BATCH)));
+    let round = AtomicU64::new(0);
+    g.bench_function("bare_file_fsync_per_item", |b| {
+        b.iter(|| {
+            let dir = root
+                .path()
+                .join(format!("bare-{}", round.fetch_add(1, Ordering::Relaxed)));
+            std::fs::create_dir_all(&dir).unwrap();
+            on_eight_threads(BATCH, |i| bare_write(&dir, i));
+        })
+    });
+    g.bench_function("recovery_item_commits", |b| {
+        b.iter(|| {
+            let dir = root
+                .path()
+                .join(format!("run-{}", round.fetch_add(1, Ordering::Relaxed)));
+            let run = Run::open(&dir).unwrap();
+            on_eight_threads(BATCH, |i| commit_item(&run, i));
+        })
+    });
+    g.finish();
+}
+
+/// One file per item, written and fsynced.
+fn bare_write(dir: &Path, i: u32) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join(format!("{i}.bin"))).unwrap();
+    f.write_all(&vec![(i % 251) as u8; 1024]).unwrap();
+    f.sync_all().unwrap();
+}
+
+criterion_group!(benches, resume_check, commit_throughput);
+criterion_main!(benches);
