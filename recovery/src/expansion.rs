@@ -11,8 +11,8 @@ pub use crate::retry::{
     Backoff, Decision, IntoDecision, Jitter, Retrier, RetryBudget, RetryPolicy,
 };
 pub use crate::step::driver::{
-    StepItem, discard_attempt_outputs, plain_step, record_attempts, run_step, run_step_async,
-    step_error, step_item,
+    StepCall, StepItem, discard_attempt_outputs, plain_step, record_attempts, run_step,
+    run_step_async, step_error, step_item,
 };
 pub use crate::step::identity::fingerprint;
 pub use crate::step::{Fingerprint, Run, StepDef, StepError, StepKey, StepResult, Verify};

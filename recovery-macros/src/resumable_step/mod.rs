@@ -184,17 +184,11 @@ fn generate(
     let body = &func.block;
     let call = if func.sig.asyncness.is_some() {
         quote! {
-            #p::run_step_async::<#ret, _>(
-                &__recovery_step_run, &__RECOVERY_STEP, __recovery_step_instance,
-                __recovery_step_key, async #body,
-            ).await
+            #p::run_step_async::<#ret, _>(&__recovery_step_run, __recovery_step_call, async #body).await
         }
     } else {
         quote! {
-            #p::run_step::<#ret, _>(
-                &__recovery_step_run, &__RECOVERY_STEP, __recovery_step_instance,
-                __recovery_step_key, || #body,
-            )
+            #p::run_step::<#ret, _>(&__recovery_step_run, __recovery_step_call, || #body)
         }
     };
     // The #[retryable] attribute was expanded here, not resolved by the
@@ -212,8 +206,11 @@ fn generate(
         // An owned handle, so the body may borrow what the Run came from.
         let __recovery_step_run: #p::Run = #p::Clone::clone(#p::borrow_run(&(#run)));
         // Identified and fingerprinted before the body takes its arguments.
-        let __recovery_step_instance = #instance;
-        let __recovery_step_key = #fingerprint;
+        let __recovery_step_call = #p::StepCall {
+            def: &__RECOVERY_STEP,
+            instance: #instance,
+            fingerprint: #fingerprint,
+        };
         #call
     }};
     match syn::parse2(block) {

@@ -70,6 +70,17 @@ where
     }
 }
 
+/// One call of a step, as the expansion describes it: the step, which
+/// instance, and the fingerprint of the call's key.
+pub struct StepCall<'a> {
+    /// The step.
+    pub def: &'a StepDef,
+    /// Which instance ([`plain_step`] or [`step_item`]).
+    pub instance: Result<Instance, RunError>,
+    /// The key's fingerprint ([`fingerprint`](crate::step::identity::fingerprint)).
+    pub fingerprint: Result<Fingerprint, RunError>,
+}
+
 /// Which instance a call is, and its item as JSON: what
 /// [`plain_step`] and [`step_item`] give the expansion.
 pub type Instance = (StepId, Option<Value>);
@@ -236,10 +247,13 @@ pub fn step_error<R: StepResult>(error: RunError) -> R {
 /// execution to run the body in.
 fn start<R: StepResult>(
     run: &Run,
-    def: &StepDef,
-    instance: Result<Instance, RunError>,
-    fingerprint: Result<Fingerprint, RunError>,
+    call: StepCall<'_>,
 ) -> Result<(Context, Fingerprint, StepExecution), R> {
+    let StepCall {
+        def,
+        instance,
+        fingerprint,
+    } = call;
     let ctx = run.context(&Context::current());
     let fail = |item: Option<&Value>, e: RunError| {
         report_failure(&ctx, def, Failed::Before(item), &e);
@@ -260,14 +274,9 @@ fn start<R: StepResult>(
 /// Runs a step: returns its recorded value if it is done, else runs `body`
 /// with the step current, commits its outputs and writes its marker.
 /// What `#[resumable_step]` expands to for a sync function.
-pub fn run_step<R: StepResult, F: FnOnce() -> R>(
-    run: &Run,
-    def: &StepDef,
-    instance: Result<Instance, RunError>,
-    fingerprint: Result<Fingerprint, RunError>,
-    body: F,
-) -> R {
-    match start::<R>(run, def, instance, fingerprint) {
+pub fn run_step<R: StepResult, F: FnOnce() -> R>(run: &Run, call: StepCall<'_>, body: F) -> R {
+    let def = call.def;
+    match start::<R>(run, call) {
         Ok((ctx, fp, execution)) => {
             let outcome = execution.in_scope(|| ctx.in_scope(body));
             finish(def, &fp, execution, outcome, &ctx)
@@ -280,12 +289,11 @@ pub fn run_step<R: StepResult, F: FnOnce() -> R>(
 /// and the run's context in force, on whichever thread polls it.
 pub async fn run_step_async<R: StepResult, F: Future<Output = R>>(
     run: &Run,
-    def: &StepDef,
-    instance: Result<Instance, RunError>,
-    fingerprint: Result<Fingerprint, RunError>,
+    call: StepCall<'_>,
     body: F,
 ) -> R {
-    let started = start::<R>(run, def, instance, fingerprint);
+    let def = call.def;
+    let started = start::<R>(run, call);
     let (ctx, fp, execution) = match started {
         Ok(started) => started,
         Err(result) => return result,

@@ -8,22 +8,7 @@ use recovery::marker::MarkerState;
 use recovery::{IssueCode, IssueRecord, Run, StepId};
 use serde_json::Value;
 
-use crate::{CliError, to_json, when};
-
-/// What one item of a family is.
-#[derive(serde::Serialize)]
-struct ItemStatus {
-    step: String,
-    item: Option<Value>,
-    /// `done`, `not done`, `failed` or `INVALID`.
-    state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    completed_at_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    outputs: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<String>,
-}
+use crate::{CliError, StepStatus, to_json, when};
 
 /// A family's counts, as `recovery status` shows them.
 #[derive(serde::Serialize, Default)]
@@ -48,13 +33,13 @@ pub fn status(
     items: bool,
     json: bool,
 ) -> Result<usize, CliError> {
-    let mut known: BTreeMap<String, ItemStatus> = BTreeMap::new();
+    let mut known: BTreeMap<String, StepStatus> = BTreeMap::new();
     for entry in run.items(name)? {
         let entry = entry?;
         let id = entry.state.id().item_id().unwrap_or_default().to_owned();
-        let mut status = ItemStatus {
+        let mut status = StepStatus {
             step: name.to_owned(),
-            item: entry.item,
+            item: Some(entry.item),
             state: "done",
             completed_at_ms: None,
             outputs: None,
@@ -76,9 +61,9 @@ pub fn status(
     let mut mention = |item: &Value, failure: Option<&str>| -> Result<(), CliError> {
         let (id, _) = StepId::item(name, item)?;
         let id = id.item_id().unwrap_or_default().to_owned();
-        let status = known.entry(id).or_insert_with(|| ItemStatus {
+        let status = known.entry(id).or_insert_with(|| StepStatus {
             step: name.to_owned(),
-            item: Some(item.clone()),
+            item: Some(Some(item.clone())),
             state: "not done",
             completed_at_ms: None,
             outputs: None,
@@ -142,10 +127,10 @@ pub fn status(
                 write(&mut out, to_json(status))?;
                 continue;
             }
-            let item = status
-                .item
-                .as_ref()
-                .map_or_else(|| "(unreadable)".to_owned(), Value::to_string);
+            let item = match &status.item {
+                Some(Some(item)) => item.to_string(),
+                _ => "(unreadable)".to_owned(),
+            };
             let completed = status.completed_at_ms.map_or_else(|| "-".to_owned(), when);
             let last = match (status.outputs, &status.detail) {
                 (Some(n), _) => format!("{n} verified"),

@@ -312,10 +312,14 @@ fn open_allowing(run_dir: PathBuf, places: &[PathBuf]) -> Result<Run, CliError> 
     Ok(run)
 }
 
-/// One step's line of `recovery status`.
+/// One step's (or item's) line of `recovery status`.
 #[derive(serde::Serialize)]
 struct StepStatus {
     step: String,
+    /// For an item of a family, the item (`null` when its marker does not
+    /// read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    item: Option<Option<serde_json::Value>>,
     /// `done`, `running`, `failed`, `not done`, `INVALID` or `ERROR`.
     state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -331,6 +335,7 @@ fn step_status(run: &Run, name: &str, issues: &[IssueRecord]) -> Result<StepStat
     let state = run.step(name)?;
     let mut status = StepStatus {
         step: name.to_owned(),
+        item: None,
         state: "not done",
         completed_at_ms: None,
         outputs: None,
