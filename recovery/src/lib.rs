@@ -66,6 +66,8 @@
 //! deadline starts with the first attempt).
 
 pub mod fs;
+#[cfg(feature = "http")]
+pub mod http;
 mod report;
 mod retry;
 mod scope;

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+pub mod fake_api;
 pub mod simfs;
 pub mod store_contract;
 pub mod storm;
