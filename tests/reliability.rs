@@ -121,22 +121,11 @@ fn kill_torture() {
     report("kill_torture_runs_compared", completed_runs);
 }
 
-#[test]
-fn eight_processes_on_one_run_directory_run_each_step_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("run");
-    let side_effects = tmp.path().join("side-effects.log");
-    Run::open(&dir).unwrap();
+/// Runs eight of `command` at once; each must succeed and print the same
+/// value. Returns the bodies they ran, by step, from the side-effect log.
+fn eight_at_once(side_effects: &Path, command: impl Fn() -> Command) -> Vec<String> {
     let children: Vec<_> = (0..8)
-        .map(|_| {
-            step_child()
-                .arg("chain")
-                .arg(&dir)
-                .arg(&side_effects)
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|_| command().stdout(Stdio::piped()).spawn().unwrap())
         .collect();
     let values: Vec<String> = children
         .into_iter()
@@ -151,14 +140,25 @@ fn eight_processes_on_one_run_directory_run_each_step_once() {
         })
         .collect();
     assert!(values.windows(2).all(|w| w[0] == w[1]), "{values:?}");
-    let log = std::fs::read_to_string(&side_effects).unwrap();
-    let mut links: Vec<&str> = log.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    let log = std::fs::read_to_string(side_effects).unwrap();
+    log.lines()
+        .map(|l| l.split(' ').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn eight_processes_on_one_run_directory_run_each_step_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let side_effects = tmp.path().join("side-effects.log");
+    Run::open(&dir).unwrap();
+    let mut links = eight_at_once(&side_effects, || {
+        let mut child = step_child();
+        child.arg("chain").arg(&dir).arg(&side_effects);
+        child
+    });
     links.sort();
-    assert_eq!(
-        links,
-        ["link-1", "link-2", "link-3", "link-4", "link-5"],
-        "{log}"
-    );
+    assert_eq!(links, ["link-1", "link-2", "link-3", "link-4", "link-5"]);
     report("concurrent_processes", 8);
     report("concurrent_step_bodies_run", links.len());
 }
@@ -287,29 +287,9 @@ fn eight_processes_of_four_threads_share_one_family() {
     let dir = tmp.path().join("run");
     let side_effects = tmp.path().join("side-effects.log");
     Run::open(&dir).unwrap();
-    let children: Vec<_> = (0..8)
-        .map(|_| {
-            family_child(&dir, &side_effects, items, 4)
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let values: Vec<String> = children
-        .into_iter()
-        .map(|c| {
-            let out = c.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).trim().to_owned()
-        })
-        .collect();
-    assert!(values.windows(2).all(|w| w[0] == w[1]), "{values:?}");
-    let log = std::fs::read_to_string(&side_effects).unwrap();
-    let mut ran: Vec<&str> = log.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    let mut ran = eight_at_once(&side_effects, || {
+        family_child(&dir, &side_effects, items, 4)
+    });
     ran.sort_unstable();
     let total = ran.len();
     ran.dedup();
