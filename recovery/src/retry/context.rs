@@ -163,6 +163,38 @@ impl Context {
             .unwrap_or_else(|| FALLBACK.clone())
     }
 
+    /// The time now on the clock of the context in force here, taken
+    /// without a handle on that context: what a call with a deadline reads
+    /// as it starts, on its success path (one clock read, no reference
+    /// count touched). See [`stamp`](Self::stamp).
+    pub(crate) fn stamp_in_force() -> Instant {
+        let scoped = CURRENT
+            .try_with(|c| c.borrow().as_ref().map(Context::stamp))
+            .ok()
+            .flatten();
+        scoped.unwrap_or_else(|| GLOBAL.get().unwrap_or(&FALLBACK).stamp())
+    }
+
+    /// The time now on this context's clock as an `Instant`: the real one,
+    /// or for virtual time the origin plus the virtual time (so a stamp is
+    /// 16 bytes either way, and real time pays no origin lookup).
+    pub(crate) fn stamp(&self) -> Instant {
+        match &self.inner.clock {
+            Some(clock) => *ORIGIN + clock.read(),
+            None => Instant::now(),
+        }
+    }
+
+    /// Time on this context's clock since `stamp`.
+    pub(crate) fn since(&self, stamp: Instant) -> Duration {
+        match &self.inner.clock {
+            Some(clock) => clock
+                .read()
+                .saturating_sub(stamp.saturating_duration_since(*ORIGIN)),
+            None => stamp.elapsed(),
+        }
+    }
+
     /// Makes this the process-wide default, once.
     pub fn set_global(self) -> Result<(), GlobalAlreadySet> {
         GLOBAL.set(self).map_err(|_| GlobalAlreadySet)

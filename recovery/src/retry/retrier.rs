@@ -12,7 +12,7 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::report::event::Event;
 use crate::report::issue::{IssueCode, IssueRecord, Severity};
@@ -31,7 +31,7 @@ pub struct Retrier<'p> {
     failed: u32,
     /// When the first attempt started, read only when the policy has a
     /// deadline (on the context's clock).
-    started: Option<Duration>,
+    started: Option<Instant>,
     /// Everything the failure path needs, made on the first failure.
     slow: Option<Box<Slow>>,
 }
@@ -42,7 +42,7 @@ struct Slow {
     schedule: Schedule,
     /// When timing started: the first attempt's start with a deadline, the
     /// first failure without one.
-    start: Duration,
+    start: Instant,
     slept: Duration,
     /// Tokens taken from the policy's retry budget, given back on success.
     taken: u32,
@@ -52,7 +52,7 @@ impl<'p> Retrier<'p> {
     /// Starts a call of `operation` under `policy`.
     #[inline]
     pub fn new(policy: &'p RetryPolicy, operation: &'static str) -> Self {
-        let started = policy.deadline().map(|_| Context::current().now());
+        let started = policy.deadline().map(|_| Context::stamp_in_force());
         Retrier {
             policy,
             operation,
@@ -97,7 +97,7 @@ impl<'p> Retrier<'p> {
             let ctx = Context::current();
             let start = match self.started {
                 Some(start) => start,
-                None => ctx.now(),
+                None => ctx.stamp(),
             };
             let backoff = *self.policy.schedule();
             let seed = match backoff.jitter_kind() {
@@ -112,7 +112,7 @@ impl<'p> Retrier<'p> {
                 taken: 0,
             })
         });
-        let elapsed = slow.ctx.now().saturating_sub(slow.start);
+        let elapsed = slow.ctx.since(slow.start);
 
         let verdict = if !decision.is_transient() {
             Err(IssueCode::PermanentError)
