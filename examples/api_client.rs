@@ -62,21 +62,27 @@ impl From<RunError> for ApiError {
     }
 }
 
+impl From<StatusError> for ApiError {
+    fn from(e: StatusError) -> Self {
+        ApiError::Status(e)
+    }
+}
+
+impl From<ureq::Error> for ApiError {
+    fn from(e: ureq::Error) -> Self {
+        ApiError::Transport(e)
+    }
+}
+
 /// One item, fetched once: its body is the step's output and value.
 #[resumable_step("fetch", item = n)]
 #[retryable(max_attempts = 6, base = "50ms", max_delay = "3s", jitter,
             when = Classify::classify)]
 fn fetch(run: &Run, agent: &ureq::Agent, base: &str, n: u32) -> Result<String, ApiError> {
-    let mut resp = agent
-        .get(&format!("{base}/items/{n}"))
-        .call()
-        .map_err(ApiError::Transport)?;
+    let mut resp = agent.get(&format!("{base}/items/{n}")).call()?;
     // The one line that turns a 4xx/5xx and its headers into a decision.
-    check(resp.status(), resp.headers()).map_err(ApiError::Status)?;
-    let body = resp
-        .body_mut()
-        .read_to_string()
-        .map_err(ApiError::Transport)?;
+    check(resp.status(), resp.headers())?;
+    let body = resp.body_mut().read_to_string()?;
     run.write_output(&format!("items/{n}.json"), body.as_bytes())?;
     Ok(body)
 }

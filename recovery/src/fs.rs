@@ -289,11 +289,15 @@ pub(crate) fn remove_entry(fs: &dyn FileSystem, path: &Path) -> io::Result<()> {
 }
 
 /// The names in `dir`, as [`FileSystem::read_dir`] gives them; none when
-/// it does not exist.
-pub(crate) fn list_or_empty(fs: &dyn FileSystem, dir: &Path) -> io::Result<Vec<String>> {
+/// it does not exist (a run being inspected may lack a directory that
+/// opening it would create).
+pub(crate) fn list_or_empty(
+    fs: &dyn FileSystem,
+    dir: &Path,
+) -> Result<Vec<String>, crate::RunError> {
     match fs.read_dir(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        other => other,
+        other => other.map_err(|e| crate::RunError::io("list", dir, e)),
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use crate::error::RunError;
+use crate::fs::list_or_empty;
 use crate::report::issue::IssueCode;
 use crate::step::instance::StepId;
 use crate::step::layout::execution_step;
@@ -33,7 +34,7 @@ impl Run {
         let mut names: BTreeSet<String> = self.steps()?.into_iter().collect();
         names.extend(self.store().families()?);
         names.extend(self.store().leased_steps()?);
-        for name in self.list_or_empty(&self.layout().staging())? {
+        for name in list_or_empty(self.fs(), &self.layout().staging())? {
             if let Some(step) = execution_step(&name) {
                 names.insert(step.name().to_owned());
             }
@@ -104,12 +105,6 @@ impl Run {
                 marker,
             })
         }))
-    }
-
-    /// The names in `dir`, sorted; none when it does not exist (a run being
-    /// inspected may lack a directory that opening it would create).
-    pub(crate) fn list_or_empty(&self, dir: &std::path::Path) -> Result<Vec<String>, RunError> {
-        crate::fs::list_or_empty(self.fs(), dir).map_err(|e| RunError::io("list", dir, e))
     }
 }
 

@@ -94,16 +94,16 @@ impl Layout {
     }
 
     pub(crate) fn marker(&self, id: &StepId) -> PathBuf {
-        place(&self.steps, id, MARKER_SUFFIX)
+        place(&self.steps, id.name(), id.item_id(), MARKER_SUFFIX)
     }
 
     pub(crate) fn lock(&self, id: &StepId) -> PathBuf {
-        place(&self.locks(), id, LOCK_SUFFIX)
+        place(&self.locks(), id.name(), id.item_id(), LOCK_SUFFIX)
     }
 
     /// Where the marker of the plain step `name` is (the name unchecked).
     pub(crate) fn join_steps(&self, name: &str) -> PathBuf {
-        self.steps.join(format!("{name}{MARKER_SUFFIX}"))
+        place(&self.steps, name, None, MARKER_SUFFIX)
     }
 
     /// The directory of a family's markers (its buckets are inside).
@@ -113,11 +113,11 @@ impl Layout {
 }
 
 /// `<dir>/<name><suffix>`, or `<dir>/<name>/<ab>/<id><suffix>` for an item.
-fn place(dir: &Path, id: &StepId, suffix: &str) -> PathBuf {
-    match id.item_id() {
-        None => dir.join(format!("{}{suffix}", id.name())),
+fn place(dir: &Path, name: &str, item: Option<&str>, suffix: &str) -> PathBuf {
+    match item {
+        None => dir.join(format!("{name}{suffix}")),
         Some(item) => dir
-            .join(id.name())
+            .join(name)
             .join(&item[..2])
             .join(format!("{item}{suffix}")),
     }

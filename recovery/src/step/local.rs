@@ -18,7 +18,7 @@ use crate::report::issue::IssueRecord;
 use crate::report::log::{self, LogRead};
 use crate::step::instance::StepId;
 use crate::step::layout::{Layout, item_marker, lock_step, marker_step};
-use crate::step::marker::{self, Marker, version_of};
+use crate::step::marker::{self, Marker};
 use crate::step::names::check_step_name;
 use crate::step::store::{ItemIds, Lease, MarkerVersion, Publish, Put, StepStore, StoredMarker};
 
@@ -89,11 +89,6 @@ impl LocalStore {
             .map_err(|e| RunError::io("fsync directory", dir, e))
     }
 
-    /// The names in `dir`; none when it does not exist.
-    fn list(&self, dir: &Path) -> Result<Vec<String>, RunError> {
-        list_or_empty(self.fs(), dir).map_err(|e| RunError::io("list", dir, e))
-    }
-
     /// Removes a marker's temporary file, left by a writer that died before
     /// its rename, if nobody holds that step now.
     fn remove_temp_marker(&self, id: &StepId, path: &Path) -> Result<(), RunError> {
@@ -119,7 +114,7 @@ impl LocalStore {
             let _ = self.fs().remove_file(path);
             return Err(RunError::io("write marker", path, e));
         }
-        Ok(Put::Written(version_of(bytes)))
+        Ok(Put::Written(MarkerVersion::of_content(bytes)))
     }
 
     /// Creates the directories `rel` (`/`-separated) under `base`, each
@@ -201,8 +196,7 @@ impl StepStore for LocalStore {
     }
 
     fn marked_steps(&self) -> Result<Vec<String>, RunError> {
-        Ok(self
-            .list(&self.layout.steps())?
+        Ok(list_or_empty(self.fs(), &self.layout.steps())?
             .iter()
             .filter(|n| !is_temp(n))
             .filter_map(|n| marker_step(n))
@@ -213,7 +207,7 @@ impl StepStore for LocalStore {
     fn families(&self) -> Result<Vec<String>, RunError> {
         let steps = self.layout.steps();
         let mut names = Vec::new();
-        for name in self.list(&steps)? {
+        for name in list_or_empty(self.fs(), &steps)? {
             let is_dir = self
                 .fs()
                 .stat(&steps.join(&name))
@@ -228,12 +222,12 @@ impl StepStore for LocalStore {
     fn marked_items<'a>(&'a self, name: &str) -> Result<ItemIds<'a>, RunError> {
         check_step_name(name)?;
         let family = self.layout.family_markers(name);
-        let buckets = self.list(&family)?;
+        let buckets = list_or_empty(self.fs(), &family)?;
         let name = name.to_owned();
         // One bucket's listing in memory at a time.
         Ok(Box::new(buckets.into_iter().flat_map(move |bucket| {
             let dir = family.join(&bucket);
-            let ids: Vec<Result<StepId, RunError>> = match self.list(&dir) {
+            let ids: Vec<Result<StepId, RunError>> = match list_or_empty(self.fs(), &dir) {
                 Err(e) => vec![Err(e)],
                 Ok(entries) => entries
                     .iter()
@@ -323,8 +317,7 @@ impl StepStore for LocalStore {
     /// Plain steps by their lock files, families by their directories of
     /// lock files.
     fn leased_steps(&self) -> Result<Vec<String>, RunError> {
-        Ok(self
-            .list(&self.layout.locks())?
+        Ok(list_or_empty(self.fs(), &self.layout.locks())?
             .iter()
             .filter_map(|n| lock_step(n).or(check_step_name(n).ok().map(|()| n.as_str())))
             .map(str::to_owned)
@@ -351,7 +344,7 @@ impl StepStore for LocalStore {
     /// rename; one whose step nobody holds is nobody's.
     fn tidy(&self) -> Result<(), RunError> {
         let steps = self.layout.steps();
-        for name in self.list(&steps)? {
+        for name in list_or_empty(self.fs(), &steps)? {
             if let Some(step) = temp_target(&name).and_then(marker_step) {
                 let id = StepId::plain(step)?;
                 self.remove_temp_marker(&id, &steps.join(&name))?;
@@ -359,9 +352,9 @@ impl StepStore for LocalStore {
         }
         for family in self.families()? {
             let dir = self.layout.family_markers(&family);
-            for bucket in self.list(&dir)? {
+            for bucket in list_or_empty(self.fs(), &dir)? {
                 let bucket = dir.join(bucket);
-                for name in self.list(&bucket)? {
+                for name in list_or_empty(self.fs(), &bucket)? {
                     let item = temp_target(&name).and_then(item_marker);
                     if let Some(id) = item.and_then(|i| StepId::from_parts(&family, Some(i))) {
                         self.remove_temp_marker(&id, &bucket.join(&name))?;

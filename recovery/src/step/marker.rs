@@ -208,17 +208,12 @@ pub(crate) fn load(fs: &dyn FileSystem, path: &Path) -> StoredMarker {
     }
     match fs.read(path, MARKER_LIMIT) {
         Ok(bytes) => StoredMarker::Found {
-            version: version_of(&bytes),
+            version: MarkerVersion::of_content(&bytes),
             bytes,
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => StoredMarker::Missing,
         Err(e) => unreadable(format!("the marker cannot be read ({e})"), "error"),
     }
-}
-
-/// The version of a marker file with these bytes.
-pub(crate) fn version_of(bytes: &[u8]) -> MarkerVersion {
-    MarkerVersion::of_content(bytes)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::RunError;
+use crate::fs::list_or_empty;
 use crate::step::commit::StepExecution;
 use crate::step::identity::Fingerprint;
 use crate::step::instance::StepId;
@@ -272,7 +273,7 @@ impl StepState {
     /// without a sweep since), read from the names of its staging
     /// directories.
     pub fn running_pids(&self) -> Result<Vec<u32>, RunError> {
-        let names = self.run.list_or_empty(&self.run.layout().staging())?;
+        let names = list_or_empty(self.run.fs(), &self.run.layout().staging())?;
         let mut pids: Vec<u32> = names
             .iter()
             .filter_map(|n| parse_execution(n))
