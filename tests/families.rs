@@ -49,6 +49,7 @@ fn each_item_resumes_on_its_own() {
         [Event::StepResumed {
             step: "counted".into(),
             item: Some(serde_json::json!(2)),
+            fetched: 0,
         }]
     );
     let logged = run.events().unwrap().records;

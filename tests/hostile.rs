@@ -372,5 +372,6 @@ fn sample_marker() -> marker::Marker {
             mtime_ns: None,
         }],
         completed_at_ms: 5,
+        published: None,
     }
 }

@@ -178,6 +178,40 @@ pub enum RunError {
         /// The step.
         step: String,
     },
+    /// The step's lease was taken over while the step ran (its holder was
+    /// paused or cut off past the lease's time to live): its result was not
+    /// recorded, and whatever it published is discarded.
+    #[error(
+        "step {step:?}: its lease was taken over by another worker while it ran (this worker \
+         was paused or cut off for longer than the lease's time to live), so its result was \
+         not recorded; the other worker's result stands"
+    )]
+    LeaseLost {
+        /// The step.
+        step: String,
+    },
+    /// A request to the run's object store failed (after the store's own
+    /// retries), and reading back did not establish its outcome.
+    #[error("{op} {key} in the object store {store}: {source}")]
+    Store {
+        /// What was being done.
+        op: &'static str,
+        /// The object's key (or prefix).
+        key: String,
+        /// The store's URL.
+        store: String,
+        /// The store's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A store URL (`Run::builder(..).store(url)`, `--store`) that cannot
+    /// be used.
+    #[error("store {url:?}: {reason}")]
+    StoreUrl {
+        /// The URL as given.
+        url: String,
+        /// Why, and what to write instead.
+        reason: String,
+    },
     /// A removal of a step's leftovers was refused at the removal itself:
     /// the path is not a staging name this library made, in its place (a
     /// damaged or hostile journal, or a bug). Nothing was removed.

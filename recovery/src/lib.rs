@@ -70,6 +70,8 @@ pub mod fs;
 pub mod http;
 mod report;
 mod retry;
+#[cfg(feature = "s3")]
+mod s3;
 mod scope;
 mod step;
 
@@ -92,8 +94,8 @@ pub use retry::{
 };
 pub use scope::Scoped;
 pub use step::{
-    Fingerprint, ItemEntry, RUN_FORMAT, Run, StagedOutput, Step, StepExecution, StepId, StepState,
-    StepStore, check_output_path, check_step_name,
+    DEFAULT_LEASE_TTL, Fingerprint, ItemEntry, RUN_FORMAT, Run, RunBuilder, StagedOutput, Step,
+    StepExecution, StepId, StepState, StepStore, check_output_path, check_step_name,
 };
 pub use step::{manifest, marker, store};
 

@@ -253,6 +253,7 @@ fn a_closed_stdout_pipe_ends_the_command_quietly() {
         run.log_event(&recovery::Event::StepResumed {
             step: "fetch".into(),
             item: None,
+            fetched: 0,
         });
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_recovery"))

@@ -9,6 +9,11 @@
 //!                                                  items (1000) on RECOVERY_CHILD_THREADS
 //!                                                  threads (4), each thread starting at its
 //!                                                  own place; prints the sum of the values
+//!     step-child held RUN_DIR SIGNAL_PATH          the step "held": writes its output, creates
+//!                                                  SIGNAL_PATH.started, waits for SIGNAL_PATH.go
+//!
+//! With RECOVERY_CHILD_STORE=URL the run keeps its state in that store
+//! (AWS_* variables configure it), with leases of RECOVERY_CHILD_TTL_MS.
 //!
 //! Prints the step's value on success.
 
@@ -154,6 +159,21 @@ fn family(run: &Run, s: &Path) -> std::io::Result<u64> {
     })
 }
 
+/// Writes its output, says so, and waits to be let go (a test pauses or
+/// kills it meanwhile).
+#[resumable_step("held")]
+fn held(run: &Run, signal: &Path) -> std::io::Result<String> {
+    run.write_output(
+        "held.txt",
+        format!("written by {}", std::process::id()).as_bytes(),
+    )?;
+    std::fs::write(signal.with_extension("started"), b"started")?;
+    while !signal.with_extension("go").exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(format!("value of {}", std::process::id()))
+}
+
 /// Stages a directory and a file outside the run, then is killed before
 /// the commit: no destructor runs.
 #[resumable_step("export")]
@@ -173,15 +193,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, mode, dir, extra] = args.as_slice() else {
         return Err(
-            "usage: step-child (slow-write|once|chain|crash-outside|family) RUN_DIR FILE".into(),
+            "usage: step-child (slow-write|once|chain|crash-outside|family|held) RUN_DIR FILE"
+                .into(),
         );
     };
-    let run = Run::open(dir)?;
+    let run = match std::env::var("RECOVERY_CHILD_STORE") {
+        Ok(url) => {
+            let ttl = std::env::var("RECOVERY_CHILD_TTL_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(recovery::DEFAULT_LEASE_TTL, Duration::from_millis);
+            Run::builder(dir).store(url).lease_ttl(ttl).open()?
+        }
+        Err(_) => Run::open(dir)?,
+    };
     match mode.as_str() {
         "slow-write" => println!("{}", slow_write(&run, Path::new(extra))?),
         "once" => println!("{}", once(&run, Path::new(extra))?),
         "chain" => println!("{}", chain(&run, Path::new(extra))?),
         "family" => println!("{}", family(&run, Path::new(extra))?),
+        "held" => println!("{}", held(&run, Path::new(extra))?),
         "crash-outside" => {
             run.allow_outside(extra)?;
             println!("{}", crash_outside(&run, Path::new(extra))?)

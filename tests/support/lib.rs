@@ -3,6 +3,7 @@
 use std::fmt;
 
 pub mod fake_api;
+pub mod s3_servers;
 pub mod simfs;
 pub mod store_contract;
 pub mod storm;

@@ -40,6 +40,11 @@ pub enum Event {
         /// For an item of a family, the item as JSON.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         item: Option<Value>,
+        /// Bytes of outputs brought onto this machine from the run's store
+        /// to resume it (another machine committed the step); 0 when every
+        /// output was here already.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        fetched: u64,
     },
     /// A step's body succeeded, its outputs were committed and its marker
     /// written.
@@ -122,7 +127,13 @@ impl fmt::Display for Event {
                 "attempt {attempt} failed: {error}; retrying in {:.0?}",
                 Duration::from_nanos(*delay_ns)
             ),
-            Event::StepResumed { .. } => f.write_str("already done: resumed"),
+            Event::StepResumed { fetched: 0, .. } => f.write_str("already done: resumed"),
+            Event::StepResumed { fetched, .. } => {
+                write!(
+                    f,
+                    "already done: resumed ({fetched} bytes of outputs fetched)"
+                )
+            }
             Event::StepCompleted { outputs, .. } => {
                 write!(f, "done ({outputs} outputs committed)")
             }
@@ -131,6 +142,10 @@ impl fmt::Display for Event {
             }
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]
@@ -177,6 +192,7 @@ mod tests {
         let resumed = Event::StepResumed {
             step: "a".into(),
             item: None,
+            fetched: 0,
         };
         assert!(!resumed.to_string().contains('\n'));
     }

@@ -159,6 +159,7 @@ impl StepExecution {
             completed_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            published: self.lease.attempt().map(str::to_owned),
         };
         let bytes = marker::encode(&marker).map_err(|source| RunError::Serialize {
             step: step.to_string(),

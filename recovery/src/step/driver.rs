@@ -121,30 +121,33 @@ fn prepare<T: DeserializeOwned>(
     ctx: &Context,
 ) -> Result<Prepared<T>, RunError> {
     run.register(def.name, def.site, def.family)?;
-    let check = |state: &StepState| -> Result<Result<T, Option<String>>, RunError> {
-        Ok(match state.check_with(fingerprint, def.verify)? {
-            MarkerState::Valid(m) => serde_json::from_value(m.value).map_err(|e| {
-                Some(format!(
+    let check = |state: &StepState| -> Result<Result<(T, u64), Option<String>>, RunError> {
+        let (marker, fetched) = state.check_fetching(fingerprint, def.verify)?;
+        Ok(match marker {
+            MarkerState::Valid(m) => match serde_json::from_value(m.value) {
+                Ok(value) => Ok((value, fetched)),
+                Err(e) => Err(Some(format!(
                     "the recorded value no longer reads as the step's type ({e})"
-                ))
-            }),
+                ))),
+            },
             MarkerState::Invalid(reason) => Err(Some(reason)),
             MarkerState::Missing => Err(None),
         })
     };
-    let resumed = |value| {
+    let resumed = |(value, fetched)| {
         ctx.emit(&Event::StepResumed {
             step: def.name.to_owned(),
             item: state.item().cloned(),
+            fetched,
         });
         Ok(Prepared::Resumed(value))
     };
-    if let Ok(value) = check(state)? {
-        return resumed(value);
+    if let Ok(found) = check(state)? {
+        return resumed(found);
     }
     let execution = state.begin()?;
     match check(state)? {
-        Ok(value) => resumed(value),
+        Ok(found) => resumed(found),
         Err(reason) => {
             if let Some(reason) = reason {
                 ctx.emit(&Event::MarkerInvalid {
@@ -177,6 +180,29 @@ fn finish<R: StepResult>(
                         outputs: marker.outputs.len() as u32,
                     });
                     return R::from_result(Ok(value));
+                }
+                Err(e @ (RunError::CommitConflict { .. } | RunError::LeaseLost { .. })) => {
+                    // Another worker committed (or is committing) the step:
+                    // its result, once it holds, is this call's result too.
+                    let state = active.run.step_of(active.step.clone(), active.item.clone());
+                    let won = state.check_fetching(fingerprint, def.verify).ok().and_then(
+                        |(marker, fetched)| match marker {
+                            MarkerState::Valid(m) => serde_json::from_value::<R::Value>(m.value)
+                                .ok()
+                                .map(|v| (v, fetched)),
+                            _ => None,
+                        },
+                    );
+                    if let Some((value, fetched)) = won {
+                        ctx.emit(&Event::StepResumed {
+                            step: def.name.to_owned(),
+                            item: active.item.clone(),
+                            fetched,
+                        });
+                        return R::from_result(Ok(value));
+                    }
+                    report_failure(ctx, def, Failed::Ran(&active), &e);
+                    <R::Error as From<RunError>>::from(e)
                 }
                 Err(e) => {
                     report_failure(ctx, def, Failed::Ran(&active), &e);

@@ -6,7 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::RunError;
@@ -40,6 +40,11 @@ impl LocalStore {
     /// directories exist).
     pub(crate) fn new(layout: Layout, fs: Arc<dyn FileSystem>) -> Self {
         LocalStore { layout, fs }
+    }
+
+    /// The run directory.
+    pub(crate) fn dir(&self) -> &Path {
+        self.layout.dir()
     }
 
     fn fs(&self) -> &dyn FileSystem {
@@ -272,7 +277,7 @@ impl StepStore for LocalStore {
 
     /// The outputs are where the marker says, on this disk: nothing to
     /// fetch.
-    fn fetch_outputs(&self, _marker: &Marker) -> Result<u64, RunError> {
+    fn fetch_outputs(&self, _marker: &Marker, _outside: &[PathBuf]) -> Result<u64, RunError> {
         Ok(0)
     }
 

@@ -93,7 +93,7 @@ pub fn verify(
 }
 
 /// Whether a manifest path names a place an output may be.
-fn check_place(path: &str, outside: &[PathBuf]) -> Result<(), &'static str> {
+pub(crate) fn check_place(path: &str, outside: &[PathBuf]) -> Result<(), &'static str> {
     let p = Path::new(path);
     if path.is_empty() || path.contains('\0') {
         return Err("is not a path");

@@ -90,6 +90,13 @@ pub struct Marker {
     pub value: serde_json::Value,
     /// Every output, in a fixed order.
     pub outputs: Vec<OutputEntry>,
+    /// Where the store keeps the outputs of the attempt that committed
+    /// (object storage: the attempt's token, [`Lease::attempt`]); absent
+    /// when they are published in place (the run directory).
+    ///
+    /// [`Lease::attempt`]: crate::store::Lease::attempt
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<String>,
     /// Wall-clock time of completion, milliseconds since the Unix epoch. The
     /// only field that differs between two otherwise identical runs.
     pub completed_at_ms: u64,
@@ -237,6 +244,7 @@ mod tests {
                 mtime_ns: None,
             }],
             completed_at_ms: 1,
+            published: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! stages the body's outputs, and commits them through the run's
 //! [`StepStore`]: the only way durable step state is read or written.
 
+pub(crate) mod builder;
 pub(crate) mod commit;
 pub(crate) mod driver;
 pub(crate) mod handle;
@@ -23,6 +24,7 @@ pub(crate) mod state;
 pub mod store;
 pub(crate) mod sweep;
 
+pub use builder::{DEFAULT_LEASE_TTL, RunBuilder};
 pub use commit::StepExecution;
 pub use driver::{StepError, StepResult};
 pub use handle::Step;

@@ -18,6 +18,7 @@ use crate::report::issue::IssueRecord;
 use crate::report::log::LogRead;
 use crate::report::observer::Observer;
 use crate::retry::context::Context;
+use crate::step::builder::RunBuilder;
 use crate::step::layout::Layout;
 use crate::step::local::LocalStore;
 use crate::step::names::{check_outside_path, check_step_name};
@@ -79,8 +80,29 @@ impl Run {
 
     /// [`Run::open`] through a given [`FileSystem`] (fault injection, tests).
     pub fn open_with(dir: impl AsRef<Path>, fs: Arc<dyn FileSystem>) -> Result<Run, RunError> {
-        let given = dir.as_ref();
-        let run = Run::handle(given, fs)?;
+        Run::builder(dir).file_system(fs).open()
+    }
+
+    /// A [`RunBuilder`] for the run directory `dir`: to keep the run's
+    /// step state in a shared store (object storage) rather than in `dir`.
+    ///
+    /// ```
+    /// let tmp = tempfile::tempdir()?;
+    /// let run = recovery::Run::builder(tmp.path().join("nightly")).open()?;
+    /// assert!(run.dir().join("run.json").is_file());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn builder(dir: impl AsRef<Path>) -> RunBuilder {
+        RunBuilder::new(dir.as_ref())
+    }
+
+    /// Opens (creating) the run directory, with its store made by `store`.
+    pub(crate) fn open_local(
+        given: &Path,
+        fs: Arc<dyn FileSystem>,
+        store: impl FnOnce(LocalStore) -> Result<Arc<dyn StepStore>, RunError>,
+    ) -> Result<Run, RunError> {
+        let run = Run::handle(given, fs, store)?;
         run.create_durably()?;
         run.check_or_init()?;
         run.refuse_symlinks()?;
@@ -125,12 +147,17 @@ impl Run {
         Ok(())
     }
 
-    /// A handle on `dir` (made absolute), before any check.
-    fn handle(dir: &Path, fs: Arc<dyn FileSystem>) -> Result<Run, RunError> {
+    /// A handle on `dir` (made absolute), before any check; its store is
+    /// made by `store` from the run directory's own.
+    fn handle(
+        dir: &Path,
+        fs: Arc<dyn FileSystem>,
+        store: impl FnOnce(LocalStore) -> Result<Arc<dyn StepStore>, RunError>,
+    ) -> Result<Run, RunError> {
         let dir =
             std::path::absolute(dir).map_err(|e| RunError::io("resolve run directory", dir, e))?;
         let layout = Layout::new(dir);
-        let store = Arc::new(LocalStore::new(layout.clone(), Arc::clone(&fs)));
+        let store = store(LocalStore::new(layout.clone(), Arc::clone(&fs)))?;
         Ok(Run {
             inner: Arc::new(RunInner {
                 layout,
@@ -149,7 +176,14 @@ impl Run {
     /// # Errors
     /// When `dir` is missing, not a directory, or not a run.
     pub fn open_existing(dir: impl AsRef<Path>) -> Result<Run, RunError> {
-        let given = dir.as_ref();
+        Run::builder(dir).open_existing()
+    }
+
+    /// [`Run::open_existing`], with the store made by `store`.
+    pub(crate) fn open_existing_with(
+        given: &Path,
+        store: impl FnOnce(LocalStore) -> Result<Arc<dyn StepStore>, RunError>,
+    ) -> Result<Run, RunError> {
         let fs: Arc<dyn FileSystem> = Arc::new(RealFs);
         let not_a_run = |reason: &'static str| RunError::NotARun {
             path: given.to_owned(),
@@ -180,7 +214,7 @@ impl Run {
             }
             Err(e) => return Err(RunError::io("inspect", &run_file, e)),
         }
-        let run = Run::handle(given, fs)?;
+        let run = Run::handle(given, fs, store)?;
         run.check_or_init()?;
         Ok(run)
     }
@@ -548,6 +582,7 @@ mod tests {
         run.log_event(&Event::StepResumed {
             step: "a".into(),
             item: None,
+            fetched: 0,
         });
         // A crash cut the next line: no final newline.
         let mut bytes = std::fs::read(run.events_path()).unwrap();
@@ -556,10 +591,12 @@ mod tests {
         run.log_event(&Event::StepResumed {
             step: "b".into(),
             item: None,
+            fetched: 0,
         });
         run.log_event(&Event::StepResumed {
             step: "c".into(),
             item: None,
+            fetched: 0,
         });
         let log = run.events().unwrap();
         let steps: Vec<_> = log

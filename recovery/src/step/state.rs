@@ -105,7 +105,7 @@ impl StepState {
     /// The marker as it is on disk, its outputs verified (hashed), the
     /// fingerprint not compared (what `recovery status` shows).
     pub fn marker(&self) -> Result<MarkerState, RunError> {
-        self.marker_with(Verify::Hash)
+        Ok(self.marker_with(Verify::Hash)?.0)
     }
 
     /// The marker as it is in the store, decoded and checked (checksum,
@@ -137,19 +137,29 @@ impl StepState {
         marker: &Marker,
         mode: Verify,
     ) -> Result<Result<(), String>, RunError> {
-        self.run.store().fetch_outputs(marker)?;
-        Ok(self.run.with_outside(|places| {
-            manifest::verify(self.run.fs(), self.run.dir(), places, marker, mode)
-        }))
+        self.fetch_and_verify(marker, mode)
+            .map(|(verdict, _)| verdict)
     }
 
-    fn marker_with(&self, mode: Verify) -> Result<MarkerState, RunError> {
+    /// [`verify_outputs`](Self::verify_outputs), with the bytes fetched.
+    fn fetch_and_verify(
+        &self,
+        marker: &Marker,
+        mode: Verify,
+    ) -> Result<(Result<(), String>, u64), RunError> {
+        let places = self.run.with_outside(<[PathBuf]>::to_vec);
+        let fetched = self.run.store().fetch_outputs(marker, &places)?;
+        let verdict = manifest::verify(self.run.fs(), self.run.dir(), &places, marker, mode);
+        Ok((verdict, fetched))
+    }
+
+    fn marker_with(&self, mode: Verify) -> Result<(MarkerState, u64), RunError> {
         Ok(match self.read_marker()? {
-            MarkerState::Valid(m) => match self.verify_outputs(&m, mode)? {
-                Ok(()) => MarkerState::Valid(m),
-                Err(reason) => MarkerState::Invalid(reason),
+            MarkerState::Valid(m) => match self.fetch_and_verify(&m, mode)? {
+                (Ok(()), fetched) => (MarkerState::Valid(m), fetched),
+                (Err(reason), fetched) => (MarkerState::Invalid(reason), fetched),
             },
-            other => other,
+            other => (other, 0),
         })
     }
 
@@ -166,10 +176,21 @@ impl StepState {
         fingerprint: &Fingerprint,
         mode: Verify,
     ) -> Result<MarkerState, RunError> {
+        Ok(self.check_fetching(fingerprint, mode)?.0)
+    }
+
+    /// [`check_with`](Self::check_with), with the bytes of outputs the
+    /// store brought onto this machine for it.
+    pub(crate) fn check_fetching(
+        &self,
+        fingerprint: &Fingerprint,
+        mode: Verify,
+    ) -> Result<(MarkerState, u64), RunError> {
         Ok(match self.marker_with(mode)? {
-            MarkerState::Valid(m) if m.fingerprint != fingerprint.as_str() => {
-                MarkerState::Invalid("the step's key or version changed".into())
-            }
+            (MarkerState::Valid(m), fetched) if m.fingerprint != fingerprint.as_str() => (
+                MarkerState::Invalid("the step's key or version changed".into()),
+                fetched,
+            ),
             other => other,
         })
     }

@@ -36,7 +36,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::RunError;
@@ -46,6 +46,8 @@ use crate::report::log::LogRead;
 use crate::step::instance::StepId;
 use crate::step::marker::Marker;
 
+#[cfg(feature = "s3")]
+pub use crate::s3::S3Store;
 pub use crate::step::local::LocalStore;
 
 /// A version of a step's marker, as its store compares them: a token of
@@ -69,6 +71,14 @@ impl MarkerVersion {
     /// allocation, so reading a marker for a resume check stays cheap).
     pub fn of_content(bytes: &[u8]) -> Self {
         MarkerVersion(Token::Content(blake3::hash(bytes)))
+    }
+
+    /// The store's own token, for a version made by [`new`](Self::new).
+    pub fn token(&self) -> Option<&str> {
+        match &self.0 {
+            Token::Text(token) => Some(token),
+            Token::Content(_) => None,
+        }
     }
 }
 
@@ -132,8 +142,9 @@ pub struct Lease {
     step: StepId,
     epoch: u64,
     ttl: Option<Duration>,
+    attempt: Option<String>,
     /// What the store keeps while the lease is held (a locked file).
-    _hold: Box<dyn Any + Send + Sync>,
+    hold: Box<dyn Any + Send + Sync>,
 }
 
 impl Lease {
@@ -149,8 +160,29 @@ impl Lease {
             step,
             epoch,
             ttl,
-            _hold: Box::new(hold),
+            attempt: None,
+            hold: Box::new(hold),
         }
+    }
+
+    /// Names this lease's attempt: a token no other lease of the step ever
+    /// has (epoch and nonce), under which a store keeps what the attempt
+    /// publishes. It is recorded in the marker the attempt commits
+    /// ([`Marker::published`]).
+    pub fn with_attempt(mut self, attempt: impl Into<String>) -> Self {
+        self.attempt = Some(attempt.into());
+        self
+    }
+
+    /// The attempt's token, for stores that publish outputs apart per
+    /// attempt; `None` for a store that publishes in place.
+    pub fn attempt(&self) -> Option<&str> {
+        self.attempt.as_deref()
+    }
+
+    /// What the store keeps while the lease is held, if it is a `T`.
+    pub fn hold<T: Any>(&self) -> Option<&T> {
+        self.hold.downcast_ref()
     }
 
     /// The step (or item) it is for.
@@ -175,6 +207,7 @@ impl fmt::Debug for Lease {
             .field("step", &self.step)
             .field("epoch", &self.epoch)
             .field("ttl", &self.ttl)
+            .field("attempt", &self.attempt)
             .finish_non_exhaustive()
     }
 }
@@ -273,16 +306,27 @@ pub trait StepStore: Send + Sync + fmt::Debug + 'static {
             expected = None;
         }
         self.publish_outputs(lease, outputs)?;
-        match expected {
+        let put = match expected {
             None => self.create_marker(lease, marker),
             Some(version) => self.replace_marker(lease, marker, version),
+        };
+        if let Ok(Put::Conflict) | Err(RunError::LeaseLost { .. }) = put {
+            self.discard_published(lease);
         }
+        put
     }
 
+    /// Removes, best effort, what the lease's attempt published apart from
+    /// other attempts, after its marker lost to another's: nothing refers
+    /// to it. Stores that publish in place have nothing to remove.
+    fn discard_published(&self, _lease: &Lease) {}
+
     /// Brings the outputs `marker` lists onto this machine, where they are
-    /// not already; returns the bytes fetched. The driver verifies them
-    /// afterwards either way.
-    fn fetch_outputs(&self, marker: &Marker) -> Result<u64, RunError>;
+    /// not already; returns the bytes fetched. Only places an output may be
+    /// are written: the run directory, and under `outside` (the places the
+    /// program allowed). The driver verifies the outputs afterwards either
+    /// way.
+    fn fetch_outputs(&self, marker: &Marker, outside: &[PathBuf]) -> Result<u64, RunError>;
 
     /// Takes the lease on `step`, waiting while someone else holds it.
     fn lease(&self, step: &StepId) -> Result<Lease, RunError>;

@@ -1,0 +1,394 @@
+//! Step state on object storage (`S3Store`): the store contract on
+//! `InMemory` and on two real S3 servers on loopback (moto and SeaweedFS),
+//! two machines sharing one run, many processes on one family, a paused
+//! lease holder, and the CLI reading a run from the store.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use recovery::{Event, Run, resumable_step};
+use recovery_suite::s3_servers::{S3Server, Server};
+use recovery_suite::store_contract::{Subject, check_store};
+
+fn open(dir: &Path, server: &S3Server, prefix: &str, ttl: Duration) -> Run {
+    let mut builder = Run::builder(dir).store(server.url(prefix)).lease_ttl(ttl);
+    for (k, v) in server.options() {
+        builder = builder.store_option(k, v);
+    }
+    builder.open().unwrap()
+}
+
+fn contract(run: &Run) {
+    let staging = run.dir().join("staging");
+    check_store(&Subject {
+        store: run.store(),
+        staging: &staging,
+        outputs: run.dir(),
+    });
+}
+
+#[test]
+fn in_memory_object_storage_keeps_the_store_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = Arc::new(object_store::memory::InMemory::new());
+    let run = Run::builder(tmp.path().join("run"))
+        .object_store(objects, "runs/contract")
+        .open()
+        .unwrap();
+    contract(&run);
+}
+
+#[test]
+fn moto_keeps_the_store_contract() {
+    let server = S3Server::shared(Server::Moto);
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = S3Server::prefix("contract");
+    contract(&open(tmp.path(), server, &prefix, Duration::from_secs(30)));
+}
+
+#[test]
+fn seaweedfs_keeps_the_store_contract() {
+    let server = S3Server::shared(Server::Seaweed);
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = S3Server::prefix("contract");
+    contract(&open(tmp.path(), server, &prefix, Duration::from_secs(30)));
+}
+
+#[test]
+fn a_store_url_that_cannot_be_used_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (url, says) in [
+        ("gs://bucket/p", "only s3:// URLs"),
+        ("s3:///p", "names no bucket"),
+    ] {
+        let err = Run::builder(tmp.path()).store(url).open().unwrap_err();
+        assert!(err.to_string().contains(says), "{url}: {err}");
+    }
+    let err = Run::builder(tmp.path())
+        .store("s3://b/p")
+        .store_option("no_such_option", "1")
+        .open()
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown store option"), "{err}");
+}
+
+/// What a step of the two-machine pipeline writes: a directory and a file.
+#[resumable_step("fetch-sources")]
+fn fetch_sources(run: &Run) -> std::io::Result<u64> {
+    let dir = run.output_dir("src")?;
+    std::fs::create_dir_all(dir.path().join("deep"))?;
+    std::fs::write(dir.path().join("deep/a.txt"), b"alpha".repeat(1000))?;
+    std::fs::write(
+        dir.path().join("b.bin"),
+        (0..=255u8).cycle().take(300_000).collect::<Vec<_>>(),
+    )?;
+    std::os::unix::fs::symlink("deep/a.txt", dir.path().join("link"))?;
+    Ok(5000)
+}
+
+#[resumable_step("count")]
+fn count(run: &Run, sources: u64) -> std::io::Result<u64> {
+    let text = std::fs::read(run.dir().join("src/deep/a.txt"))?;
+    run.write_output(
+        "count.txt",
+        format!("{} {}", text.len(), sources).as_bytes(),
+    )?;
+    Ok(text.len() as u64 + sources)
+}
+
+fn pipeline(run: &Run) -> u64 {
+    let sources = fetch_sources(run).unwrap();
+    count(run, sources).unwrap()
+}
+
+fn resumed(run: &Run, step: &str) -> Option<u64> {
+    run.events().unwrap().records.iter().find_map(|e| match e {
+        Event::StepResumed {
+            step: s, fetched, ..
+        } if s == step => Some(*fetched),
+        _ => None,
+    })
+}
+
+/// Every file under `dir` (relative path → bytes; symlinks as their target).
+fn tree(dir: &Path) -> HashMap<String, Vec<u8>> {
+    let mut out = HashMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_symlink() {
+                out.insert(
+                    rel,
+                    std::fs::read_link(&path)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                );
+            } else if meta.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn two_machines(server: &S3Server) {
+    let ttl = Duration::from_secs(30);
+    let prefix = S3Server::prefix("machines");
+    let (a, b, alone) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+
+    // Machine A finishes the first step, then is gone: only the store
+    // knows.
+    {
+        let run = open(a.path(), server, &prefix, ttl);
+        assert_eq!(fetch_sources(&run).unwrap(), 5000);
+    }
+    drop(a);
+
+    // Machine B resumes the first step from the store (fetching its
+    // outputs) and runs the second.
+    let run_b = open(b.path(), server, &prefix, ttl);
+    let value = pipeline(&run_b);
+    let fetched = resumed(&run_b, "fetch-sources").expect("B resumed the first step");
+    assert_eq!(fetched, 5000 + 300_000 + "deep/a.txt".len() as u64);
+
+    // The same pipeline on one machine gives the same outputs.
+    let run_alone = open(alone.path(), server, &S3Server::prefix("alone"), ttl);
+    assert_eq!(pipeline(&run_alone), value);
+    let outputs = |run: &Run| {
+        let mut t = tree(run.dir());
+        t.retain(|k, _| k.starts_with("src") || k == "count.txt");
+        t
+    };
+    assert_eq!(outputs(&run_b), outputs(&run_alone));
+    assert_eq!(outputs(&run_b).len(), 4);
+
+    // A warm local copy moves no bytes; a damaged one is fetched again.
+    drop(run_b);
+    let run_b = open(b.path(), server, &prefix, ttl);
+    assert_eq!(pipeline(&run_b), value);
+    let again: Vec<u64> = run_b
+        .events()
+        .unwrap()
+        .records
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepResumed { step, fetched, .. } if step == "fetch-sources" => Some(*fetched),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again, [fetched, 0], "{again:?}");
+    std::fs::write(b.path().join("src/b.bin"), b"damaged").unwrap();
+    drop(run_b);
+    let run_b = open(b.path(), server, &prefix, ttl);
+    assert_eq!(pipeline(&run_b), value);
+    assert_eq!(outputs(&run_b), outputs(&run_alone));
+}
+
+#[test]
+fn a_step_done_on_one_machine_resumes_on_another_with_moto() {
+    two_machines(S3Server::shared(Server::Moto));
+}
+
+#[test]
+fn a_step_done_on_one_machine_resumes_on_another_with_seaweedfs() {
+    two_machines(S3Server::shared(Server::Seaweed));
+}
+
+fn child(
+    mode: &str,
+    dir: &Path,
+    extra: &Path,
+    server: &S3Server,
+    url: &str,
+    ttl_ms: u64,
+) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_step-child"));
+    cmd.args([mode, dir.to_str().unwrap(), extra.to_str().unwrap()])
+        .env("RECOVERY_CHILD_STORE", url)
+        .env("RECOVERY_CHILD_TTL_MS", ttl_ms.to_string())
+        .envs(server.env());
+    cmd
+}
+
+/// Eight processes, each with its own run directory (its own "machine"),
+/// run one family of 200 items on one bucket.
+#[test]
+fn eight_processes_on_one_family_commit_each_item_once() {
+    let server = S3Server::shared(Server::Seaweed);
+    let url = server.url(&S3Server::prefix("eight"));
+    let tmp = tempfile::tempdir().unwrap();
+    let effects = tmp.path().join("bodies.txt");
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            child(
+                "family",
+                &tmp.path().join(format!("m{i}")),
+                &effects,
+                server,
+                &url,
+                10_000,
+            )
+            .env("RECOVERY_CHILD_ITEMS", "200")
+            .env("RECOVERY_CHILD_THREADS", "2")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let expected: u64 = (0..200u64).map(|n| n * 3).sum();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            expected.to_string()
+        );
+    }
+    // Each body ran once (nobody was killed), and each item has one marker.
+    let bodies = std::fs::read_to_string(&effects).unwrap();
+    let mut runs: HashMap<&str, u32> = HashMap::new();
+    for line in bodies.lines() {
+        *runs.entry(line.split(' ').next().unwrap()).or_default() += 1;
+    }
+    assert_eq!(runs.len(), 200);
+    assert!(runs.values().all(|n| *n == 1), "{runs:?}");
+    let reader = {
+        let mut b = Run::builder(tmp.path().join("reader")).store(&url);
+        for (k, v) in server.options() {
+            b = b.store_option(k, v);
+        }
+        b.open().unwrap()
+    };
+    assert_eq!(reader.items("page").unwrap().count(), 200);
+    let completed = reader
+        .events()
+        .unwrap()
+        .records
+        .iter()
+        .filter(|e| matches!(e, Event::StepCompleted { .. }))
+        .count();
+    assert_eq!(completed, 200);
+}
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A holder stopped (SIGSTOP) past its lease's TTL loses the step to
+/// another worker; woken, it commits nothing and takes the winner's result.
+#[test]
+fn a_holder_paused_past_its_ttl_cannot_commit_over_the_new_holder() {
+    let server = S3Server::shared(Server::Moto);
+    let prefix = S3Server::prefix("paused");
+    let url = server.url(&prefix);
+    let tmp = tempfile::tempdir().unwrap();
+    let signal_path = tmp.path().join("held");
+    let paused = child(
+        "held",
+        &tmp.path().join("a"),
+        &signal_path,
+        server,
+        &url,
+        1000,
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for(&signal_path.with_extension("started"));
+    signal(paused.id(), "-STOP");
+
+    // Another machine takes the step over once the lease has been still for
+    // its TTL, and commits.
+    let b = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let winner = {
+        let mut cmd = child(
+            "held",
+            b.path(),
+            &tmp.path().join("winner"),
+            server,
+            &url,
+            1000,
+        );
+        std::fs::write(tmp.path().join("winner.go"), b"").unwrap();
+        cmd.output().unwrap()
+    };
+    assert!(winner.status.success(), "{winner:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "taken over before the TTL ran out"
+    );
+    let winner_value = String::from_utf8(winner.stdout).unwrap();
+    let winner_output = std::fs::read(b.path().join("held.txt")).unwrap();
+
+    // The paused holder wakes and finishes its body: its commit is refused
+    // and it returns the winner's value, with the winner's output.
+    std::fs::write(signal_path.with_extension("go"), b"").unwrap();
+    signal(paused.id(), "-CONT");
+    let out = paused.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), winner_value);
+    assert_eq!(
+        std::fs::read(tmp.path().join("a/held.txt")).unwrap(),
+        winner_output
+    );
+
+    // The store holds the winner's marker and outputs only.
+    let c = tempfile::tempdir().unwrap();
+    let reader = open(c.path(), server, &prefix, Duration::from_secs(30));
+    let step = reader.step("held").unwrap();
+    let recovery::marker::MarkerState::Valid(marker) = step.marker().unwrap() else {
+        panic!("no valid marker");
+    };
+    assert_eq!(
+        serde_json::to_string(&marker.value)
+            .unwrap()
+            .trim_matches('"'),
+        winner_value.trim()
+    );
+    assert_eq!(
+        std::fs::read(c.path().join("held.txt")).unwrap(),
+        winner_output
+    );
+    let completed: Vec<_> = reader
+        .events()
+        .unwrap()
+        .records
+        .into_iter()
+        .filter(|e| matches!(e, Event::StepCompleted { .. }))
+        .collect();
+    assert_eq!(completed.len(), 1, "{completed:?}");
+}
