@@ -392,3 +392,48 @@ fn a_holder_paused_past_its_ttl_cannot_commit_over_the_new_holder() {
         .collect();
     assert_eq!(completed.len(), 1, "{completed:?}");
 }
+
+#[resumable_step("two-files")]
+fn two_files(run: &Run) -> std::io::Result<u32> {
+    run.write_output("one.txt", b"one")?;
+    run.write_output("two.txt", b"two")?;
+    Ok(2)
+}
+
+/// The requests a step costs, counted at the store: committing a step
+/// with two file outputs, resuming it with the outputs here (warm) and on
+/// a machine without them (cold).
+#[test]
+fn requests_per_committed_step() {
+    use recovery_suite::objects::{Counted, Request::*};
+    use std::collections::BTreeMap;
+    let objects = Counted::new(Arc::new(object_store::memory::InMemory::new()));
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let open = |dir: &Path| {
+        let run = Run::builder(dir)
+            .object_store(objects.clone(), "p")
+            .open()
+            .unwrap();
+        objects.take();
+        run
+    };
+    let run = open(a.path());
+    assert_eq!(two_files(&run).unwrap(), 2);
+    // One PUT per output, the marker's create, the lease's create and its
+    // release: the minimum. Then the log piece of the step's end, and two
+    // reads of the marker: before the lease (a done step resumes on that
+    // one read) and under it.
+    assert_eq!(
+        objects.take(),
+        BTreeMap::from([(Put, 2 + 1), (PutCreate, 2), (PutUpdate, 1), (Get, 2)])
+    );
+    // Warm: one read of the marker; the outputs here hash as it says.
+    assert_eq!(two_files(&run).unwrap(), 2);
+    assert_eq!(objects.take(), BTreeMap::from([(Get, 1)]));
+    drop(run);
+    objects.take();
+    // Cold: the marker, then each output once.
+    let run = open(b.path());
+    assert_eq!(two_files(&run).unwrap(), 2);
+    assert_eq!(objects.take(), BTreeMap::from([(Get, 1 + 2)]));
+}

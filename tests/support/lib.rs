@@ -3,6 +3,8 @@
 use std::fmt;
 
 pub mod fake_api;
+#[cfg(feature = "s3")]
+pub mod objects;
 pub mod s3_servers;
 pub mod simfs;
 pub mod store_contract;

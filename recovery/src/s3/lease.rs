@@ -225,8 +225,13 @@ pub(crate) async fn acquire(
     let holder = format!("{:016x}", rand::random::<u64>());
     // The version being waited out, and since when (on our clock).
     let mut watching: Option<(String, Instant)> = None;
+    // A step's first lease is a create, with no read before it.
+    let mut seen = Some(None);
     loop {
-        let seen = read(&remote, &key).await?;
+        let seen = match seen.take() {
+            Some(assumed) => assumed,
+            None => read(&remote, &key).await?,
+        };
         let (epoch, condition) = match &seen {
             None => (1, None),
             Some(Seen { record, etag }) => {

@@ -121,9 +121,8 @@ fn prepare<T: DeserializeOwned>(
     ctx: &Context,
 ) -> Result<Prepared<T>, RunError> {
     run.register(def.name, def.site, def.family)?;
-    let check = |state: &StepState| -> Result<Result<(T, u64), Option<String>>, RunError> {
-        let (marker, fetched) = state.check_fetching(fingerprint, def.verify)?;
-        Ok(match marker {
+    let value_of = |(marker, fetched): (MarkerState, u64)| -> Result<(T, u64), Option<String>> {
+        match marker {
             MarkerState::Valid(m) => match serde_json::from_value(m.value) {
                 Ok(value) => Ok((value, fetched)),
                 Err(e) => Err(Some(format!(
@@ -132,7 +131,7 @@ fn prepare<T: DeserializeOwned>(
             },
             MarkerState::Invalid(reason) => Err(Some(reason)),
             MarkerState::Missing => Err(None),
-        })
+        }
     };
     let resumed = |(value, fetched)| {
         ctx.emit(&Event::StepResumed {
@@ -142,11 +141,12 @@ fn prepare<T: DeserializeOwned>(
         });
         Ok(Prepared::Resumed(value))
     };
-    if let Ok(found) = check(state)? {
+    if let Ok(found) = value_of(state.check_fetching(fingerprint, def.verify)?) {
         return resumed(found);
     }
-    let execution = state.begin()?;
-    match check(state)? {
+    // Under the lease, the marker read when it was taken decides.
+    let (execution, stored) = state.begin_seen()?;
+    match value_of(state.check_stored(stored, fingerprint, def.verify)?) {
         Ok(found) => resumed(found),
         Err(reason) => {
             if let Some(reason) = reason {

@@ -19,6 +19,7 @@ use crate::step::manifest;
 use crate::step::marker::{Marker, MarkerState, Verify, state_of};
 use crate::step::run::Run;
 use crate::step::staging::Active;
+use crate::step::store::StoredMarker;
 
 impl Run {
     /// The state of the step `name` in this run.
@@ -113,7 +114,11 @@ impl StepState {
     /// [`verify_outputs`](Self::verify_outputs), what
     /// [`marker`](Self::marker) does in one call.
     pub fn read_marker(&self) -> Result<MarkerState, RunError> {
-        let stored = self.run.store().read_marker(&self.id)?;
+        self.decoded(self.run.store().read_marker(&self.id)?)
+    }
+
+    /// A marker as read from the store, decoded and checked.
+    fn decoded(&self, stored: StoredMarker) -> Result<MarkerState, RunError> {
         Ok(match state_of(stored, &self.marker_path())? {
             MarkerState::Valid(m) if m.step != self.id.name() => {
                 MarkerState::Invalid(format!("the marker belongs to step {:?}", m.step))
@@ -154,7 +159,15 @@ impl StepState {
     }
 
     fn marker_with(&self, mode: Verify) -> Result<(MarkerState, u64), RunError> {
-        Ok(match self.read_marker()? {
+        self.marker_from(self.run.store().read_marker(&self.id)?, mode)
+    }
+
+    fn marker_from(
+        &self,
+        stored: StoredMarker,
+        mode: Verify,
+    ) -> Result<(MarkerState, u64), RunError> {
+        Ok(match self.decoded(stored)? {
             MarkerState::Valid(m) => match self.fetch_and_verify(&m, mode)? {
                 (Ok(()), fetched) => (MarkerState::Valid(m), fetched),
                 (Err(reason), fetched) => (MarkerState::Invalid(reason), fetched),
@@ -186,7 +199,18 @@ impl StepState {
         fingerprint: &Fingerprint,
         mode: Verify,
     ) -> Result<(MarkerState, u64), RunError> {
-        Ok(match self.marker_with(mode)? {
+        let stored = self.run.store().read_marker(&self.id)?;
+        self.check_stored(stored, fingerprint, mode)
+    }
+
+    /// [`check_fetching`](Self::check_fetching) of a marker already read.
+    pub(crate) fn check_stored(
+        &self,
+        stored: StoredMarker,
+        fingerprint: &Fingerprint,
+        mode: Verify,
+    ) -> Result<(MarkerState, u64), RunError> {
+        Ok(match self.marker_from(stored, mode)? {
             (MarkerState::Valid(m), fetched) if m.fingerprint != fingerprint.as_str() => (
                 MarkerState::Invalid("the step's key or version changed".into()),
                 fetched,
@@ -222,12 +246,19 @@ impl StepState {
     /// [`RunError::MarkerPlaceTaken`] when a directory with files in it is
     /// where the marker goes; any failed file operation.
     pub fn begin(&self) -> Result<StepExecution, RunError> {
+        Ok(self.begin_seen()?.0)
+    }
+
+    /// [`begin`](Self::begin), with the marker as it was once the lease
+    /// was taken (the one the commit replaces).
+    pub(crate) fn begin_seen(&self) -> Result<(StepExecution, StoredMarker), RunError> {
         let lease = self.run.store().lease(&self.id)?;
         // What a dead worker left of this step is ours now.
         self.run.sweep_step(&self.id)?;
         // The marker the commit replaces; nobody else changes it while we
         // hold the lease.
-        let seen = self.run.store().read_marker(&self.id)?.version().cloned();
+        let stored = self.run.store().read_marker(&self.id)?;
+        let seen = stored.version().cloned();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let staging =
@@ -245,7 +276,7 @@ impl StepState {
             self.item.clone(),
             staging,
         );
-        Ok(StepExecution::new(Arc::new(active), lease, seen))
+        Ok((StepExecution::new(Arc::new(active), lease, seen), stored))
     }
 
     /// Marks the step done for `key` and `version` with `value`, committing
