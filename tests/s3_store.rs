@@ -437,3 +437,67 @@ fn requests_per_committed_step() {
     assert_eq!(two_files(&run).unwrap(), 2);
     assert_eq!(objects.take(), BTreeMap::from([(Get, 1 + 2)]));
 }
+
+/// The `recovery` CLI (built with the features `cli` and `s3`).
+fn recovery_cli() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("recovery");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "recovery",
+            "--features",
+            "cli,s3",
+            "--bin",
+            "recovery",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    bin
+}
+
+#[test]
+fn the_cli_reads_a_run_from_the_store() {
+    let server = S3Server::shared(Server::Moto);
+    let prefix = S3Server::prefix("cli");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = open(tmp.path(), server, &prefix, Duration::from_secs(30));
+    pipeline(&run);
+    drop(run);
+    let url = server.url(&prefix);
+    let cli = |args: &[&str], url: &str| {
+        let out = Command::new(recovery_cli())
+            .args(args)
+            .args(["--store", url])
+            .envs(server.env())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // No run directory here: a scratch one, where the outputs are fetched
+    // to be verified.
+    let (code, out, err) = cli(&["status"], &url);
+    assert_eq!(code, Some(0), "{out}{err}");
+    for step in ["fetch-sources", "count"] {
+        assert!(
+            out.lines().any(|l| l.contains(step) && l.contains("done")),
+            "{out}"
+        );
+    }
+    let (code, out, err) = cli(&["verify", "--json"], &url);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, _) = cli(&["events", "--type", "STEP_COMPLETED"], &url);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.lines().count(), 2, "{out}");
+    // A URL it cannot use is refused with the reason.
+    let (code, _, err) = cli(&["status"], "gs://elsewhere");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("only s3:// URLs"), "{err}");
+}

@@ -9,6 +9,13 @@
 //!                                  invalidate one step or item (atomically)
 //!     recovery verify RUN_DIR [--allow-outside DIR]... [--json]   re-hash every recorded output
 //!
+//! `--store URL` (any command) reads and changes a run whose state is kept
+//! in a shared store (`s3://bucket/prefix`, with the cargo feature `s3`;
+//! the `AWS_*` variables configure it). RUN_DIR is then this machine's
+//! working directory, where outputs are fetched to be verified; `status`,
+//! `events`, `issues` and `verify` use a scratch directory when it is
+//! left out.
+//!
 //! Outputs that steps placed outside the run directory are read only under
 //! the places named with `--allow-outside`, as the program that ran the
 //! steps allowed them (`Run::allow_outside`); elsewhere they are reported.
@@ -36,14 +43,18 @@ use recovery::{Event, IssueCode, IssueRecord, Run, RunError};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The run's shared store (s3://bucket/prefix), where its step state is
+    /// kept when it is not in the run directory.
+    #[arg(long, global = true, value_name = "URL")]
+    store: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Every step the run knows of: done (outputs verified), running, failed or not done.
     Status {
-        /// The run directory.
-        run_dir: PathBuf,
+        /// The run directory (optional with --store).
+        run_dir: Option<PathBuf>,
         /// A directory outside the run where steps placed outputs (repeatable).
         #[arg(long, value_name = "DIR")]
         allow_outside: Vec<PathBuf>,
@@ -56,8 +67,8 @@ enum Command {
     },
     /// The event log, oldest first.
     Events {
-        /// The run directory.
-        run_dir: PathBuf,
+        /// The run directory (optional with --store).
+        run_dir: Option<PathBuf>,
         /// Only events of this kind, e.g. RETRY_ATTEMPTED.
         #[arg(long = "type", value_name = "TYPE")]
         kind: Option<String>,
@@ -70,8 +81,8 @@ enum Command {
     },
     /// The issue log, oldest first.
     Issues {
-        /// The run directory.
-        run_dir: PathBuf,
+        /// The run directory (optional with --store).
+        run_dir: Option<PathBuf>,
         /// One JSON object per line, as stored.
         #[arg(long)]
         json: bool,
@@ -98,8 +109,8 @@ enum Command {
     },
     /// Re-hashes every recorded output and reports mismatches.
     Verify {
-        /// The run directory.
-        run_dir: PathBuf,
+        /// The run directory (optional with --store).
+        run_dir: Option<PathBuf>,
         /// A directory outside the run where steps placed outputs (repeatable).
         #[arg(long, value_name = "DIR")]
         allow_outside: Vec<PathBuf>,
@@ -131,6 +142,8 @@ enum CliError {
     Run(RunError),
     /// Writing to stdout failed (a closed pipe, a full disk).
     Output(std::io::Error),
+    /// The command's arguments do not say what to do.
+    Usage(String),
 }
 
 impl From<RunError> for CliError {
@@ -141,7 +154,7 @@ impl From<RunError> for CliError {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
+    match run(cli.command, cli.store.as_deref()) {
         Ok(code) => code,
         // The reader went away: as every Unix tool, stop without a word.
         Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
@@ -153,17 +166,21 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+        Err(CliError::Usage(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
-fn run(command: Command) -> Result<ExitCode, CliError> {
+fn run(command: Command, store: Option<&str>) -> Result<ExitCode, CliError> {
     match command {
         Command::Status {
             run_dir,
             allow_outside,
             items,
             json,
-        } => status(&open_allowing(run_dir, &allow_outside)?, items, json),
+        } => status(&open(run_dir, store, &allow_outside)?.run, items, json),
         Command::Events {
             run_dir,
             kind,
@@ -182,7 +199,8 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
             if let Some(s) = &step {
                 recovery::check_step_name(s)?;
             }
-            let run = Run::open_existing(run_dir)?;
+            let opened = open(run_dir, store, &[])?;
+            let run = &opened.run;
             let log = run.events()?;
             let shown = log.records.iter().filter(|e| {
                 kind.as_deref().is_none_or(|k| e.kind() == k)
@@ -193,7 +211,8 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Issues { run_dir, json } => {
-            let run = Run::open_existing(run_dir)?;
+            let opened = open(run_dir, store, &[])?;
+            let run = &opened.run;
             let log = run.issues()?;
             print_records(&log.records, json, describe_issue)?;
             warn_skipped(log.skipped, &run.issues_path());
@@ -207,7 +226,8 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
             no_wait,
             json,
         } => {
-            let run = Run::open_existing(run_dir)?;
+            let opened = open(Some(run_dir), store, &[])?;
+            let run = &opened.run;
             let states = match (item, all) {
                 (Some(item), _) => {
                     let value: serde_json::Value = match serde_json::from_str(&item) {
@@ -248,7 +268,7 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
             run_dir,
             allow_outside,
             json,
-        } => verify(&open_allowing(run_dir, &allow_outside)?, json),
+        } => verify(&open(run_dir, store, &allow_outside)?.run, json),
     }
 }
 
@@ -303,13 +323,55 @@ fn describe(state: &recovery::StepState) -> String {
     }
 }
 
-/// Opens an existing run, allowing the places outside it that were named.
-fn open_allowing(run_dir: PathBuf, places: &[PathBuf]) -> Result<Run, CliError> {
-    let run = Run::open_existing(run_dir)?;
-    for place in places {
-        run.allow_outside(place)?;
+/// A run opened for a command, and the scratch directory it uses (removed
+/// at the end) when it has no directory of its own here.
+struct Opened {
+    run: Run,
+    scratch: Option<PathBuf>,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        if let Some(scratch) = &self.scratch {
+            let _ = std::fs::remove_dir_all(scratch);
+        }
     }
-    Ok(run)
+}
+
+/// Opens the run: an existing run directory, or with `--store` the store
+/// (through `run_dir` as this machine's working directory, or a scratch
+/// one); allows the places outside it that were named.
+fn open(
+    run_dir: Option<PathBuf>,
+    store: Option<&str>,
+    places: &[PathBuf],
+) -> Result<Opened, CliError> {
+    let opened = match (run_dir, store) {
+        (Some(dir), None) => Opened {
+            run: Run::open_existing(dir)?,
+            scratch: None,
+        },
+        (dir, Some(url)) => {
+            let scratch = dir
+                .is_none()
+                .then(|| std::env::temp_dir().join(format!("recovery-cli-{}", std::process::id())));
+            let dir = dir.or_else(|| scratch.clone()).unwrap_or_default();
+            let run = Run::builder(&dir).store(url).open();
+            if let (Err(_), Some(scratch)) = (&run, &scratch) {
+                let _ = std::fs::remove_dir_all(scratch);
+            }
+            Opened { run: run?, scratch }
+        }
+        (None, None) => {
+            return Err(CliError::Usage(
+                "give the run directory, or --store URL for a run kept in a shared store".into(),
+            ));
+        }
+    };
+    for place in places {
+        opened.run.allow_outside(place)?;
+    }
+    Ok(opened)
 }
 
 /// One step's (or item's) line of `recovery status`.
