@@ -113,9 +113,10 @@ fn resumed(run: &Run, step: &str) -> Option<u64> {
     })
 }
 
-/// Every file under `dir` (relative path → bytes; symlinks as their target).
-fn tree(dir: &Path) -> HashMap<String, Vec<u8>> {
-    let mut out = HashMap::new();
+/// Every file under `dir`: relative path → BLAKE3 of its bytes (of its
+/// target, for a symlink).
+fn tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).unwrap() {
@@ -127,17 +128,12 @@ fn tree(dir: &Path) -> HashMap<String, Vec<u8>> {
                 .into_owned();
             let meta = std::fs::symlink_metadata(&path).unwrap();
             if meta.is_symlink() {
-                out.insert(
-                    rel,
-                    std::fs::read_link(&path)
-                        .unwrap()
-                        .into_os_string()
-                        .into_encoded_bytes(),
-                );
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(rel, hash(target.as_os_str().as_encoded_bytes()));
             } else if meta.is_dir() {
                 stack.push(path);
             } else {
-                out.insert(rel, std::fs::read(&path).unwrap());
+                out.insert(rel, hash(&std::fs::read(&path).unwrap()));
             }
         }
     }
@@ -285,6 +281,10 @@ fn eight_processes_on_one_family_commit_each_item_once() {
         .filter(|e| matches!(e, Event::StepCompleted { .. }))
         .count();
     assert_eq!(completed, 200);
+}
+
+fn hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
 }
 
 fn wait_for(path: &Path) {
@@ -500,4 +500,80 @@ fn the_cli_reads_a_run_from_the_store() {
     let (code, _, err) = cli(&["status"], "gs://elsewhere");
     assert_eq!(code, Some(2));
     assert!(err.contains("only s3:// URLs"), "{err}");
+}
+
+/// The example pipeline (built with the feature `s3`).
+fn pipeline_example() -> Command {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "pipeline",
+            "--features",
+            "s3",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the pipeline example failed");
+    let exe = std::env::current_exe().unwrap();
+    Command::new(
+        exe.parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples/pipeline"),
+    )
+}
+
+/// The example pipeline, real git and all: machine A is killed (SIGKILL)
+/// right after its clone; machine B, with a directory of its own, resumes
+/// the clone from the store (fetching it) and finishes; its artifacts are
+/// byte-identical to a run on one machine with no store.
+#[test]
+fn the_pipeline_killed_on_one_machine_finishes_on_another() {
+    let server = S3Server::shared(Server::Seaweed);
+    let url = server.url(&S3Server::prefix("pipeline"));
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |dir: &str, extra: &[&str]| {
+        pipeline_example()
+            .arg("--run-dir")
+            .arg(tmp.path().join(dir))
+            .args(extra)
+            .envs(server.env())
+            .output()
+            .unwrap()
+    };
+    let a = run("a", &["--store", &url, "--crash-after", "clone"]);
+    assert!(!a.status.success(), "A was to be killed: {a:?}");
+    let b = run("b", &["--store", &url]);
+    let b_out = String::from_utf8_lossy(&b.stdout);
+    assert!(
+        b.status.success(),
+        "{b_out}{}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    assert!(
+        b_out.contains("[clone] already done: resumed (")
+            && b_out.contains("bytes of outputs fetched"),
+        "{b_out}"
+    );
+    let alone = run("alone", &[]);
+    assert!(alone.status.success(), "{alone:?}");
+    for artifact in ["artifacts/manifest.json", "artifacts/summary.json"] {
+        assert_eq!(
+            std::fs::read(tmp.path().join("b").join(artifact)).unwrap(),
+            std::fs::read(tmp.path().join("alone").join(artifact)).unwrap(),
+            "{artifact}"
+        );
+    }
+    // The checkout, .git aside (its config names each run's server port).
+    let checkout = |run: &str| {
+        let mut t = tree(&tmp.path().join(run).join("repo"));
+        t.retain(|k, _| !k.starts_with(".git"));
+        t
+    };
+    assert!(!checkout("b").is_empty());
+    assert_eq!(checkout("b"), checkout("alone"));
 }

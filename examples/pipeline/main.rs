@@ -9,6 +9,9 @@
 //!     cargo run --example pipeline -- --repo A --repo B --repo C --jobs 3
 //!                                   # a pool: each repository cloned and indexed
 //!                                   # as an item of two step families
+//!     cargo run --example pipeline --features s3 -- --run-dir A --store s3://bucket/p
+//!                                   # state shared on S3: another machine's
+//!                                   # --run-dir B resumes what A did
 
 mod crash;
 mod pool;
@@ -68,6 +71,11 @@ struct Args {
     /// Wait inside this step (to be killed from outside, as the tests do).
     #[arg(long, value_name = "STEP", value_parser = clap::builder::PossibleValuesParser::new(STEPS))]
     pause_inside: Option<String>,
+    /// Keep the run's step state in this shared store (s3://bucket/prefix;
+    /// build with --features s3, configure with the AWS_* variables):
+    /// another machine with its own --run-dir resumes what this one did.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// The jitter seed: the same seed and the same failures give the same run.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -90,7 +98,10 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         crash_inside: args.crash_inside.clone(),
         pause_inside: args.pause_inside.clone(),
     });
-    let run = Run::open(&args.run_dir)?;
+    let run = match &args.store {
+        Some(url) => Run::builder(&args.run_dir).store(url).open()?,
+        None => Run::open(&args.run_dir)?,
+    };
     println!("run directory: {}", run.dir().display());
     let mut repos = args.repo.clone();
     if let Some(file) = &args.repos {
@@ -163,7 +174,7 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let head = steps::remote_head(&ask_head)?;
         let cloned = clone_repo(&run, &source, &head, &url)?;
         crash::maybe(&run, Point::After("clone"));
-        let info = build_manifest(&run, &cloned.path, &cloned.commit, &worker)?;
+        let info = build_manifest(&run, &cloned.checkout(&run), &cloned.commit, &worker)?;
         crash::maybe(&run, Point::After("manifest"));
         let summary = write_summary(&run, &cloned.commit, &info)?;
         crash::maybe(&run, Point::After("summary"));

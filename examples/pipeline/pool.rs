@@ -19,10 +19,11 @@ use crate::steps::{Cloned, FileEntry, ManifestInfo, PipelineError, git_clone, re
 #[retryable(max_attempts = 6, base = "200ms", max_delay = "3s", jitter,
             when = PipelineError::is_transient)]
 fn clone_item(run: &Run, repo: &str, head: &str) -> Result<Cloned, PipelineError> {
-    let out = run.output_dir(&format!("repos/{}", dir_name(repo)))?;
+    let rel = format!("repos/{}", dir_name(repo));
+    let out = run.output_dir(&rel)?;
     let commit = git_clone(repo, out.path())?;
     Ok(Cloned {
-        path: out.final_path().to_owned(),
+        path: rel.into(),
         commit,
     })
 }
@@ -139,7 +140,7 @@ fn one(run: &Run, repo: &str, committed: &AtomicU32, crash_after: Option<u32>) -
         let done_before = run
             .step_item("index-repo", repo)?
             .is_done(&cloned.commit, 1)?;
-        let info = index_item(run, repo, &cloned.commit, &cloned.path)?;
+        let info = index_item(run, repo, &cloned.commit, &cloned.checkout(run))?;
         Ok((cloned.commit, info, !done_before))
     })();
     match result {

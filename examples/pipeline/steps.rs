@@ -137,10 +137,18 @@ const SIGPIPE: i32 = 13;
 /// What the clone step records.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Cloned {
-    /// The checkout, in the run directory.
+    /// The checkout, relative to the run directory (so that a run resumed
+    /// on another machine finds it in its own).
     pub path: PathBuf,
     /// The commit checked out.
     pub commit: String,
+}
+
+impl Cloned {
+    /// The checkout in `run`'s directory.
+    pub fn checkout(&self, run: &Run) -> PathBuf {
+        run.dir().join(&self.path)
+    }
 }
 
 /// The commit the remote's HEAD points at now (`git ls-remote`): what the
@@ -180,7 +188,7 @@ pub fn clone_repo(run: &Run, source: &str, head: &str, url: &str) -> Result<Clon
     let commit = git_clone(url, out.path())?;
     crash::maybe(run, Point::Inside("clone"));
     Ok(Cloned {
-        path: out.final_path().to_owned(),
+        path: "repo".into(),
         commit,
     })
 }

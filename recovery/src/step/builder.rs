@@ -175,7 +175,8 @@ fn make_store(
         StoreChoice::Url(url) => Err(RunError::StoreUrl {
             url,
             reason: "this build of recovery has no shared stores; turn on its cargo feature \
-                     `s3` (recovery = { version = \"0.1\", features = [\"s3\"] })"
+                     `s3` (in a Cargo.toml: recovery = { version = \"0.1\", features = \
+                     [\"s3\"] }; for this workspace's examples and CLI: --features s3)"
                 .into(),
         }),
     }

@@ -43,6 +43,7 @@ impl LocalStore {
     }
 
     /// The run directory.
+    #[cfg(feature = "s3")]
     pub(crate) fn dir(&self) -> &Path {
         self.layout.dir()
     }
