@@ -496,10 +496,17 @@ fn the_cli_reads_a_run_from_the_store() {
     let (code, out, _) = cli(&["events", "--type", "STEP_COMPLETED"], &url);
     assert_eq!(code, Some(0));
     assert_eq!(out.lines().count(), 2, "{out}");
-    // A URL it cannot use is refused with the reason.
+    // A URL it cannot use, or one where no run is kept, is refused with
+    // the reason; nothing is made there.
     let (code, _, err) = cli(&["status"], "gs://elsewhere");
     assert_eq!(code, Some(2));
     assert!(err.contains("only s3:// URLs"), "{err}");
+    let typo = server.url(&format!("{prefix}-typo"));
+    let (code, _, err) = cli(&["status"], &typo);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no run is kept there"), "{err}");
+    let (code, _, _) = cli(&["status"], &typo);
+    assert_eq!(code, Some(2), "the first look made a run at the typo");
 }
 
 /// The example pipeline (built with the feature `s3`).

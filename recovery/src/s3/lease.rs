@@ -36,6 +36,17 @@ pub(crate) struct LeaseRecord {
     pub(crate) released: bool,
     /// The holder's process (for people reading the bucket).
     pub(crate) process: String,
+    /// Wall-clock time of the last renewal, milliseconds since the Unix
+    /// epoch: only for telling people whether a holder looks alive
+    /// ([`is_held`]); expiry never compares clocks across machines.
+    #[serde(default)]
+    pub(crate) renewed_at_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl LeaseRecord {
@@ -141,6 +152,7 @@ async fn renew(remote: &Remote, key: &Key, state: &Mutex<HeldState>) -> Result<b
         }
         let mut next = s.record.clone();
         next.beat += 1;
+        next.renewed_at_ms = now_ms();
         (next, s.etag.clone())
     };
     let sent = Instant::now();
@@ -264,6 +276,7 @@ pub(crate) async fn acquire(
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             released: false,
             process: process.clone(),
+            renewed_at_ms: now_ms(),
         };
         let sent = Instant::now();
         let outcome = match &condition {
@@ -306,11 +319,19 @@ pub(crate) async fn acquire(
     }
 }
 
-/// Whether someone holds the lease on `step` now, as far as the store
-/// says (a holder that died holds it until its TTL runs out).
+/// Whether someone seems to hold the lease on `step` now: it is not
+/// released, and was renewed within two TTLs by this machine's wall clock.
+/// For display (`recovery status`); taking a lease never relies on it.
 pub(crate) async fn is_held(remote: &Remote, step: &StepId) -> Result<bool, RunError> {
     let key = remote.lease_key(step);
-    Ok(read(remote, &key)
-        .await?
-        .is_some_and(|seen| !seen.record.is_some_and(|r| r.released)))
+    Ok(match read(remote, &key).await? {
+        None => false,
+        Some(Seen { record: None, .. }) => true,
+        Some(Seen {
+            record: Some(r), ..
+        }) => {
+            let stale = now_ms().saturating_sub(r.renewed_at_ms) > 2 * r.ttl_ms;
+            !r.released && !stale
+        }
+    })
 }

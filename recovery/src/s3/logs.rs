@@ -97,17 +97,22 @@ impl Logs {
             Kind::Issues => buffer.issues.extend_from_slice(&line),
         }
         if now || buffer.last_write.elapsed() >= EVERY {
-            self.write_out(&mut buffer);
+            let pieces = self.take_pieces(&mut buffer);
+            drop(buffer); // other threads log on while the pieces go out
+            self.write_out(pieces);
         }
     }
 
     /// Writes what is buffered as new pieces.
     pub(crate) fn flush(&self) {
-        self.write_out(&mut lock(&self.buffer));
+        let pieces = self.take_pieces(&mut lock(&self.buffer));
+        self.write_out(pieces);
     }
 
-    fn write_out(&self, buffer: &mut Buffer) {
+    /// What is buffered, as numbered pieces: (key under the prefix, bytes).
+    fn take_pieces(&self, buffer: &mut Buffer) -> Vec<(String, Vec<u8>)> {
         buffer.last_write = Instant::now();
+        let mut pieces = Vec::new();
         for kind in [Kind::Events, Kind::Issues] {
             let pending = match kind {
                 Kind::Events => std::mem::take(&mut buffer.events),
@@ -123,6 +128,13 @@ impl Logs {
                 buffer.next
             );
             buffer.next += 1;
+            pieces.push((rel, pending));
+        }
+        pieces
+    }
+
+    fn write_out(&self, pieces: Vec<(String, Vec<u8>)>) {
+        for (rel, pending) in pieces {
             let remote = Arc::clone(&self.remote);
             let written = self.remote.bridge.run(async move {
                 let key = remote.key(&rel);
@@ -135,8 +147,8 @@ impl Logs {
         }
     }
 
-    /// Every process's records of `kind`, merged in the stated order;
-    /// what is still buffered here is included last.
+    /// Every process's records of `kind`, merged in the stated order
+    /// (this process's buffer is written out first).
     pub(crate) fn read<T: DeserializeOwned>(&self, kind: Kind) -> Result<LogRead<T>, RunError> {
         self.flush();
         let remote = Arc::clone(&self.remote);

@@ -130,14 +130,16 @@ pub(crate) fn connect(
 
 impl S3Store {
     /// A store on `objects` under `prefix`, leases lasting `ttl`, beside the
-    /// run directory's own store; checks (or makes) the prefix's
-    /// `run.json`, so that a store that cannot be reached fails here.
+    /// run directory's own store; checks the prefix's `run.json` (and with
+    /// `create` makes it), so that a store that cannot be reached, or a
+    /// mistyped prefix, fails here.
     pub(crate) fn new(
         objects: Arc<dyn ObjectStore>,
         url: &str,
         prefix: &str,
         ttl: Duration,
         local: LocalStore,
+        create: bool,
     ) -> Result<Self, RunError> {
         let remote = Arc::new(Remote::new(objects, prefix, url)?);
         let logs = Logs::new(Arc::clone(&remote));
@@ -147,11 +149,11 @@ impl S3Store {
             ttl,
             logs,
         };
-        store.check_or_init()?;
+        store.check_or_init(create)?;
         Ok(store)
     }
 
-    fn check_or_init(&self) -> Result<(), RunError> {
+    fn check_or_init(&self, create: bool) -> Result<(), RunError> {
         let remote = Arc::clone(&self.remote);
         self.remote.bridge.run(async move {
             let key = remote.key("run.json");
@@ -161,6 +163,11 @@ impl S3Store {
             };
             let found = match remote.get(&key).await? {
                 Some(found) => found,
+                None if !create => {
+                    return Err(bad("no run is kept there (no run.json): check the URL; \
+                         a program's Run::builder(dir).store(url).open() makes one"
+                        .into()));
+                }
                 None => {
                     let file = StoreFile {
                         format: STORE_FORMAT,

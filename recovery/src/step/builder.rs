@@ -124,12 +124,13 @@ impl RunBuilder {
             options,
             lease_ttl,
         } = self;
-        let make = move |local| make_store(store, &options, lease_ttl, local);
+        let make = move |local| make_store(store, &options, lease_ttl, local, true);
         Run::open_local(&dir, fs, make)
     }
 
-    /// Opens a run directory that must already exist, creating and sweeping
-    /// nothing there: for tools that inspect runs (`recovery status`).
+    /// Opens a run directory (and a store) that must already exist,
+    /// creating and sweeping nothing there: for tools that inspect runs
+    /// (`recovery status`).
     ///
     /// # Errors
     /// As [`Run::open_existing`], and as [`open`](Self::open) for the store.
@@ -141,7 +142,7 @@ impl RunBuilder {
             lease_ttl,
             ..
         } = self;
-        let make = move |local| make_store(store, &options, lease_ttl, local);
+        let make = move |local| make_store(store, &options, lease_ttl, local, false);
         Run::open_existing_with(&dir, make)
     }
 }
@@ -151,8 +152,9 @@ fn make_store(
     options: &[(String, String)],
     lease_ttl: Option<Duration>,
     local: LocalStore,
+    create: bool,
 ) -> Result<Arc<dyn StepStore>, RunError> {
-    let _ = (options, lease_ttl);
+    let _ = (options, lease_ttl, create);
     match choice {
         StoreChoice::Local => Ok(Arc::new(local)),
         #[cfg(feature = "s3")]
@@ -160,7 +162,7 @@ fn make_store(
             let (objects, prefix) = crate::s3::connect(&url, options)?;
             let ttl = lease_ttl.unwrap_or(DEFAULT_LEASE_TTL);
             Ok(Arc::new(crate::s3::S3Store::new(
-                objects, &url, &prefix, ttl, local,
+                objects, &url, &prefix, ttl, local, create,
             )?))
         }
         #[cfg(feature = "s3")]
@@ -168,7 +170,7 @@ fn make_store(
             let ttl = lease_ttl.unwrap_or(DEFAULT_LEASE_TTL);
             let shown = format!("{objects}/{prefix}");
             Ok(Arc::new(crate::s3::S3Store::new(
-                objects, &shown, &prefix, ttl, local,
+                objects, &shown, &prefix, ttl, local, create,
             )?))
         }
         #[cfg(not(feature = "s3"))]

@@ -356,7 +356,9 @@ fn open(
                 .is_none()
                 .then(|| std::env::temp_dir().join(format!("recovery-cli-{}", std::process::id())));
             let dir = dir.or_else(|| scratch.clone()).unwrap_or_default();
-            let run = Run::builder(&dir).store(url).open();
+            // The working directory is made if need be; the store must
+            // hold a run already.
+            let run = Run::open(&dir).and_then(|_| Run::builder(&dir).store(url).open_existing());
             if let (Err(_), Some(scratch)) = (&run, &scratch) {
                 let _ = std::fs::remove_dir_all(scratch);
             }
