@@ -1,35 +1,5 @@
 //! [`S3Store`]: step state on S3-compatible object storage, shared by
 //! workers on many machines (cargo feature `s3`, built on `object_store`).
-//!
-//! The commit protocol is the one every store keeps
-//! ([`StepStore::commit`]); what object storage brings to it:
-//! - **Outputs** are uploaded under a prefix no other attempt uses (the
-//!   lease's epoch and a nonce: [`Lease::attempt`]), and placed in the run
-//!   directory on this machine as well. A loser's uploads are removed; it
-//!   cannot touch the winner's.
-//! - **The marker** is created with `If-None-Match: *` (or replaces an
-//!   invalid one with `If-Match` on the version read when it was checked):
-//!   at most one attempt of a step ever commits. It records the attempt
-//!   ([`Marker::published`]), so another machine knows what to fetch.
-//! - **Leases** are objects taken by a conditional create, renewed while
-//!   the step runs, and taken over when seen unchanged for longer than
-//!   their time to live on the taker's own monotonic clock. A holder
-//!   checks its lease before writing the marker; one paused past its TTL
-//!   finds it taken and commits nothing ([`RunError::LeaseLost`]).
-//! - **Ambiguous replies** (a time-out, a 5xx after the client's retries,
-//!   an `AlreadyExists` that may answer our own retried first try) are
-//!   settled by reading the object back and comparing it with what was
-//!   sent (a marker's bytes carry its attempt's nonce).
-//! - **Resume on another machine**: a valid marker's outputs are fetched
-//!   where they are missing or differ, each checked against its BLAKE3, and
-//!   `STEP_RESUMED` says how many bytes came.
-//! - **Logs**: each process writes its own pieces (see `logs`).
-//!
-//! Nothing on the local disk is trusted over the store: markers and leases
-//! are only in the store, and local outputs count only when they hash as
-//! the store's marker says.
-//!
-//! [`Marker::published`]: crate::marker::Marker::published
 
 mod bridge;
 mod lease;
@@ -67,6 +37,38 @@ use remote::{Outcome, Remote};
 /// uploaded there and kept in the run directory on this machine too. Made
 /// by [`RunBuilder::store`](crate::RunBuilder::store) (an `s3://` URL) or
 /// [`RunBuilder::object_store`](crate::RunBuilder::object_store).
+///
+/// The commit protocol is the one every store keeps
+/// ([`StepStore::commit`]); what object storage brings to it:
+/// - **Outputs** are uploaded under a prefix no other attempt uses (the
+///   lease's epoch and a nonce: [`Lease::attempt`]), and placed in the run
+///   directory on this machine as well. A loser's uploads are removed; it
+///   cannot touch the winner's.
+/// - **The marker** is created with `If-None-Match: *` (or replaces an
+///   invalid one with `If-Match` on the version read when it was checked):
+///   at most one attempt of a step ever commits. It records the attempt
+///   ([`Marker::published`]), so another machine knows what to fetch.
+/// - **Leases** are objects taken by a conditional create, renewed while
+///   the step runs, and taken over when seen unchanged for longer than
+///   their time to live on the taker's own monotonic clock. A holder
+///   checks its lease before writing the marker; one paused past its TTL
+///   finds it taken and commits nothing ([`RunError::LeaseLost`]).
+/// - **Ambiguous replies** (a time-out, a 5xx after the client's retries,
+///   an `AlreadyExists` that may answer our own retried first try) are
+///   settled by reading the object back and comparing it with what was
+///   sent (a marker's bytes carry its attempt's nonce).
+/// - **Resume on another machine**: a valid marker's outputs are fetched
+///   where they are missing or differ, each checked against its BLAKE3, and
+///   `STEP_RESUMED` says how many bytes came.
+/// - **Logs**: each process writes its events and issue records as
+///   numbered pieces of its own; readers merge them, processes by start
+///   time and each process's records in order.
+///
+/// Nothing on the local disk is trusted over the store: markers and leases
+/// are only in the store, and local outputs count only when they hash as
+/// the store's marker says.
+///
+/// [`Marker::published`]: crate::marker::Marker::published
 #[derive(Debug)]
 pub struct S3Store {
     remote: Arc<Remote>,
