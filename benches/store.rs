@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
 use recovery::{Event, Run, resumable_step};
-use recovery_suite::objects::{Counted, total};
+use recovery_suite::objects::{Instrumented, s3_client, total};
 use recovery_suite::s3_servers::{S3Server, Server};
 
 /// A step of two outputs: a 1 MiB file and a directory of four 256 KiB files.
@@ -36,11 +35,7 @@ fn page(run: &Run, n: u32) -> std::io::Result<u32> {
 }
 
 fn client(server: &S3Server) -> Arc<dyn ObjectStore> {
-    let mut builder = AmazonS3Builder::new().with_bucket_name(&server.bucket);
-    for (k, v) in server.options() {
-        builder = builder.with_config(k.parse().unwrap(), v);
-    }
-    Arc::new(builder.build().unwrap())
+    s3_client(&server.bucket, &server.options())
 }
 
 fn open(dir: &Path, objects: Arc<dyn ObjectStore>, prefix: &str) -> Run {
@@ -69,7 +64,7 @@ fn main() {
     // `cargo bench` passes --bench; a test run of benches passes nothing.
     let server = S3Server::shared(Server::Seaweed);
     let tmp = tempfile::tempdir().unwrap();
-    let counted = Counted::new(client(server));
+    let counted = Instrumented::new(client(server));
     let prefix = S3Server::prefix("bench-requests");
 
     // Requests for one committed step with 5 files, then its resumes.

@@ -405,9 +405,9 @@ fn two_files(run: &Run) -> std::io::Result<u32> {
 /// a machine without them (cold).
 #[test]
 fn requests_per_committed_step() {
-    use recovery_suite::objects::{Counted, Request::*};
+    use recovery_suite::objects::{Instrumented, Request::*};
     use std::collections::BTreeMap;
-    let objects = Counted::new(Arc::new(object_store::memory::InMemory::new()));
+    let objects = Instrumented::new(Arc::new(object_store::memory::InMemory::new()));
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let open = |dir: &Path| {
         let run = Run::builder(dir)

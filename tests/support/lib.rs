@@ -3,6 +3,7 @@
 use std::fmt;
 
 pub mod fake_api;
+pub mod history;
 #[cfg(feature = "s3")]
 pub mod objects;
 pub mod s3_servers;

@@ -285,16 +285,19 @@ pub(crate) async fn acquire(
         };
         let etag = match outcome {
             Outcome::Written(etag) => etag,
-            Outcome::Refused => continue,
-            // Ours, if the record there is ours (a retried request whose
-            // first try landed); someone else's otherwise: look again.
-            Outcome::Unknown(e) => match read(&remote, &key).await? {
+            // Refused, or unknown: ours if the record there is ours (a
+            // retried request whose first try landed); someone else's
+            // otherwise, and we look again.
+            Outcome::Refused | Outcome::Unknown(_) => match read(&remote, &key).await? {
                 Some(Seen {
                     record: Some(r),
                     etag,
                 }) if r == record => etag,
                 Some(_) => continue,
-                None => return Err(remote.error("create lease", &key, e)),
+                None => match outcome {
+                    Outcome::Unknown(e) => return Err(remote.error("create lease", &key, e)),
+                    _ => continue,
+                },
             },
         };
         let state = Arc::new(Mutex::new(HeldState {
