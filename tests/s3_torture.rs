@@ -8,8 +8,13 @@
 //! nothing committed is lost, no resume is false, and the outputs that
 //! stand are the committing attempt's own; a calm rerun finishes.
 //!
-//! Prints `TORTURE key=value` lines for scripts/reliability-report.
-//! `RECOVERY_TORTURE=1` runs ten times more random faults.
+//! Also: worker processes SIGKILLed and SIGSTOPped past their leases' TTL
+//! at seeded moments, and workers reaching SeaweedFS through a flaky TCP
+//! proxy (`tests/support/tcp_proxy.rs`).
+//!
+//! Prints `RELIABILITY name+=value` lines for scripts/reliability-report.
+//! `RECOVERY_TORTURE=1` runs ten times more random faults, kills, pauses
+//! and proxy drops.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -314,8 +319,19 @@ fn torture(inner: Arc<dyn ObjectStore>, label: &str, random_target: u64) {
         random_faults(&inner, label, seed, &mut tally);
         seed += 1;
     }
+    // Only reached when every case held: a violation panics.
+    println!("RELIABILITY store_fault_cases+={}", tally.cases);
     println!(
-        "TORTURE store={label} cases={} faults={} ambiguous={} swept={} random={}",
+        "RELIABILITY store_request_faults+={}",
+        tally.injected.faults
+    );
+    println!(
+        "RELIABILITY store_ambiguous_replies+={}",
+        tally.injected.ambiguous
+    );
+    println!("RELIABILITY store_history_violations+=0");
+    eprintln!(
+        "{label}: {} cases, {} faults ({} ambiguous), {} swept, {} at random",
         tally.cases,
         tally.injected.faults,
         tally.injected.ambiguous,
@@ -347,4 +363,251 @@ fn request_faults_on_seaweedfs() {
         "seaweedfs",
         100,
     );
+}
+
+/// A small seeded generator for the controller's choices.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+const PROCESSES: usize = 8;
+const ITEMS: u32 = 60;
+const CHILD_TTL_MS: u64 = 400;
+
+/// One round: eight processes, a machine each, run one family of items on
+/// one bucket while the controller SIGKILLs some (and starts them again)
+/// and SIGSTOPs others past their leases' TTL (and lets them go on).
+/// Returns the kills and pauses made.
+fn kill_and_pause_round(server: &S3Server, rng: &mut Rng, wanted: (u64, u64)) -> (u64, u64) {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let prefix = S3Server::prefix("kills");
+    let url = server.url(&prefix);
+    let tmp = tempfile::tempdir().unwrap();
+    let histories = tmp.path().join("histories");
+    std::fs::create_dir_all(&histories).unwrap();
+    let mut generation = 0;
+    let mut spawn = |slot: usize| {
+        generation += 1;
+        Command::new(env!("CARGO_BIN_EXE_step-child"))
+            .arg("torture")
+            .arg(tmp.path().join(format!("m{slot}")))
+            .arg(histories.join(format!("m{slot}-{generation}.txt")))
+            .env("RECOVERY_CHILD_STORE", &url)
+            .env("RECOVERY_CHILD_TTL_MS", CHILD_TTL_MS.to_string())
+            .env("RECOVERY_CHILD_ITEMS", ITEMS.to_string())
+            .env("RECOVERY_CHILD_THREADS", "2")
+            .env("RECOVERY_CHILD_BODY_MS", "40")
+            .envs(server.env())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut slots: Vec<Option<std::process::Child>> =
+        (0..PROCESSES).map(|s| Some(spawn(s))).collect();
+    let mut paused: Vec<Option<Instant>> = vec![None; PROCESSES];
+    let (mut kills, mut pauses) = (0, 0);
+    while kills < wanted.0 || pauses < wanted.1 {
+        std::thread::sleep(Duration::from_millis(20 + rng.below(60)));
+        for (slot, until) in paused.iter_mut().enumerate() {
+            if until.is_some_and(|t| Instant::now() >= t) {
+                signal(slots[slot].as_ref().unwrap(), "-CONT");
+                *until = None;
+            }
+        }
+        for slot in slots.iter_mut() {
+            if let Some(child) = slot
+                && let Some(status) = child.try_wait().unwrap()
+            {
+                assert!(status.success(), "a worker failed: {status}");
+                *slot = None;
+            }
+        }
+        let live: Vec<usize> = (0..PROCESSES)
+            .filter(|&s| slots[s].is_some() && paused[s].is_none())
+            .collect();
+        if live.is_empty() {
+            if slots.iter().all(Option::is_none) {
+                break; // the family is done
+            }
+            continue;
+        }
+        let slot = live[rng.below(live.len() as u64) as usize];
+        if rng.below(4) < 3 {
+            let mut child = slots[slot].take().unwrap();
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
+            slots[slot] = Some(spawn(slot));
+        } else {
+            signal(slots[slot].as_ref().unwrap(), "-STOP");
+            let ttl = Duration::from_millis(CHILD_TTL_MS);
+            paused[slot] = Some(Instant::now() + ttl * 3 / 2 + ttl * rng.below(3) as u32 / 2);
+            pauses += 1;
+        }
+    }
+    for (slot, until) in paused.iter().enumerate() {
+        if until.is_some() {
+            signal(slots[slot].as_ref().unwrap(), "-CONT");
+        }
+    }
+    for child in slots.into_iter().flatten() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a worker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let items: Vec<u32> = (0..ITEMS).collect();
+    let markers = standing(
+        s3_client(&server.bucket, &server.options()),
+        &prefix,
+        &items,
+    );
+    let missing: Vec<_> = markers
+        .iter()
+        .filter(|(k, v)| k.starts_with("item") && v.is_none())
+        .collect();
+    assert!(missing.is_empty(), "items left undone: {missing:?}");
+    let lines = history::read_dir(&histories);
+    history::check(&lines, &markers).unwrap_or_else(|e| panic!("{prefix}: {e}"));
+    (kills, pauses)
+}
+
+/// Holders killed and paused at seeded moments, rounds until the wanted
+/// numbers are reached.
+#[test]
+fn killed_and_paused_holders_on_seaweedfs() {
+    let server = S3Server::shared(Server::Seaweed);
+    let wanted = (200 * scale(), 50 * scale());
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let (mut kills, mut pauses, mut rounds) = (0, 0, 0);
+    while kills < wanted.0 || pauses < wanted.1 {
+        let per_round = (
+            25.min(wanted.0.saturating_sub(kills)),
+            7.min(wanted.1.saturating_sub(pauses)),
+        );
+        let (k, p) = kill_and_pause_round(server, &mut rng, per_round);
+        kills += k;
+        pauses += p;
+        rounds += 1;
+    }
+    println!(
+        "TORTURE processes={PROCESSES} items={ITEMS} rounds={rounds} kills={kills} pauses={pauses}"
+    );
+}
+
+/// Workers reach SeaweedFS through a flaky proxy that drops connections
+/// mid-request and mid-reply and stalls others past the client's time-out;
+/// then a calm machine finishes the family. Rounds until enough drops.
+#[test]
+fn dropped_and_stalled_connections_to_seaweedfs() {
+    use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+    use recovery_suite::tcp_proxy::{Flakiness, FlakyProxy};
+    let server = S3Server::shared(Server::Seaweed);
+    let target = server
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let flakiness = Flakiness {
+        request_drop: 250,
+        reply_drop: 250,
+        stall: 100,
+        stall_for: Duration::from_millis(1500),
+    };
+    let wanted = 50 * scale();
+    let (mut seed, mut drops, mut rounds) = (1u64, 0u64, 0u64);
+    let mut kinds = [0u64; 3];
+    while drops < wanted {
+        let proxy = FlakyProxy::start(target, seed, flakiness);
+        let mut builder = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&server.bucket)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(true)
+                    .with_timeout(Duration::from_millis(800))
+                    .with_connect_timeout(Duration::from_millis(500)),
+            )
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(10),
+                    max_backoff: Duration::from_millis(100),
+                    base: 2.0,
+                },
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(5),
+            });
+        for (k, v) in server.options() {
+            let v = if k == "aws_endpoint" {
+                format!("http://{}", proxy.addr)
+            } else {
+                v
+            };
+            builder = builder.with_config(k.parse().unwrap(), v);
+        }
+        let flaky: Arc<dyn ObjectStore> = Arc::new(builder.build().unwrap());
+        let tmp = tempfile::tempdir().unwrap();
+        let prefix = S3Server::prefix(&format!("proxy-{seed}"));
+        let items: Vec<u32> = (0..24).collect();
+        let h = History::default();
+        std::thread::scope(|scope| {
+            for m in 0..3usize {
+                let (h, items, flaky, prefix, dir) =
+                    (&h, &items, flaky.clone(), &prefix, tmp.path());
+                scope.spawn(move || {
+                    let Ok(run) = Run::builder(dir.join(format!("m{m}")))
+                        .object_store(flaky, prefix.as_str())
+                        .lease_ttl(TTL)
+                        .open()
+                    else {
+                        return; // the store could not be reached through the proxy
+                    };
+                    for i in 0..items.len() {
+                        let n = items[(m * 8 + i) % items.len()];
+                        call(h, &format!("item/{n}"), || item(&run, n, h));
+                    }
+                });
+            }
+        });
+        proxy.calm();
+        let direct = s3_client(&server.bucket, &server.options());
+        let finisher = open(&tmp.path().join("calm"), direct.clone(), &prefix);
+        for &n in &items {
+            call(&h, &format!("item/{n}"), || item(&finisher, n, &h)).expect("a calm run finishes");
+        }
+        drop(finisher);
+        let markers = standing(direct, &prefix, &items);
+        history::check(&h.lines(), &markers).unwrap_or_else(|e| panic!("{prefix}: {e}"));
+        let s = &proxy.stats;
+        kinds[0] += s.request_drops.load(Ordering::Relaxed);
+        kinds[1] += s.reply_drops.load(Ordering::Relaxed);
+        kinds[2] += s.stalls.load(Ordering::Relaxed);
+        drops += s.drops();
+        seed += 1;
+        rounds += 1;
+    }
+    println!("RELIABILITY store_proxy_drops+={drops}");
+    println!("RELIABILITY store_proxy_request_drops+={}", kinds[0]);
+    println!("RELIABILITY store_proxy_reply_drops+={}", kinds[1]);
+    println!("RELIABILITY store_proxy_stalls+={}", kinds[2]);
+    println!("RELIABILITY store_proxy_rounds+={rounds}");
+    println!("RELIABILITY store_history_violations+=0");
 }

@@ -9,6 +9,12 @@
 //!                                                  items (1000) on RECOVERY_CHILD_THREADS
 //!                                                  threads (4), each thread starting at its
 //!                                                  own place; prints the sum of the values
+//!     step-child torture RUN_DIR HISTORY_FILE     the family "item" over RECOVERY_CHILD_ITEMS items
+//!                                                  on RECOVERY_CHILD_THREADS threads, each body
+//!                                                  taking RECOVERY_CHILD_BODY_MS; every attempt,
+//!                                                  commit and resume appended to HISTORY_FILE
+//!                                                  (tests/support/history.rs); items that fail
+//!                                                  are tried again until all are done
 //!     step-child held RUN_DIR SIGNAL_PATH          the step "held": writes its output, creates
 //!                                                  SIGNAL_PATH.started, waits for SIGNAL_PATH.go
 //!
@@ -22,6 +28,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use recovery::{Run, resumable_step};
+use recovery_suite::history::History;
 
 #[resumable_step("slow-write")]
 fn slow_write(run: &Run, started: &Path) -> std::io::Result<u64> {
@@ -174,6 +181,72 @@ fn held(run: &Run, signal: &Path) -> std::io::Result<String> {
     Ok(format!("value of {}", std::process::id()))
 }
 
+thread_local! {
+    /// The token of the body this thread ran last.
+    static RAN: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// An item whose output and value carry its attempt's token.
+#[resumable_step("item", item = n)]
+fn torture_item(run: &Run, n: u32, h: &History, body: Duration) -> std::io::Result<String> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let token = format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    RAN.with(|r| *r.borrow_mut() = Some(token.clone()));
+    h.record("attempt", &format!("item/{n}"), &token);
+    std::thread::sleep(body);
+    run.write_output(&format!("items/{n}.txt"), token.as_bytes())?;
+    Ok(token)
+}
+
+/// Every item, on several threads, until each has returned once.
+fn torture(run: &Run, history: &Path) -> std::io::Result<u64> {
+    let number = |var: &str, default: u64| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let items = number("RECOVERY_CHILD_ITEMS", 100) as u32;
+    let threads = number("RECOVERY_CHILD_THREADS", 2).max(1) as u32;
+    let body = Duration::from_millis(number("RECOVERY_CHILD_BODY_MS", 20));
+    let h = History::in_file(history);
+    let offset = std::process::id() % items.max(1);
+    let done = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (h, done) = (&h, &done);
+            scope.spawn(move || {
+                let start = offset + t * items / threads;
+                let mut left: Vec<u32> = (0..items).map(|i| (start + i) % items).collect();
+                while !left.is_empty() {
+                    left.retain(|&n| {
+                        RAN.with(|r| *r.borrow_mut() = None);
+                        match torture_item(run, n, h, body) {
+                            Ok(value) => {
+                                let ran = RAN.with(|r| r.borrow_mut().take());
+                                let what = if ran.as_deref() == Some(value.as_str()) {
+                                    "committed"
+                                } else {
+                                    "resumed"
+                                };
+                                h.record(what, &format!("item/{n}"), &value);
+                                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                false
+                            }
+                            Err(_) => true,
+                        }
+                    });
+                }
+            });
+        }
+    });
+    Ok(done.into_inner())
+}
+
 /// Stages a directory and a file outside the run, then is killed before
 /// the commit: no destructor runs.
 #[resumable_step("export")]
@@ -193,7 +266,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, mode, dir, extra] = args.as_slice() else {
         return Err(
-            "usage: step-child (slow-write|once|chain|crash-outside|family|held) RUN_DIR FILE"
+            "usage: step-child (slow-write|once|chain|crash-outside|family|held|torture) RUN_DIR FILE"
                 .into(),
         );
     };
@@ -213,6 +286,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "chain" => println!("{}", chain(&run, Path::new(extra))?),
         "family" => println!("{}", family(&run, Path::new(extra))?),
         "held" => println!("{}", held(&run, Path::new(extra))?),
+        "torture" => println!("{}", torture(&run, Path::new(extra))?),
         "crash-outside" => {
             run.allow_outside(extra)?;
             println!("{}", crash_outside(&run, Path::new(extra))?)

@@ -10,6 +10,7 @@ pub mod s3_servers;
 pub mod simfs;
 pub mod store_contract;
 pub mod storm;
+pub mod tcp_proxy;
 
 /// An error whose transience is scripted by the test.
 #[derive(Debug, Clone, PartialEq, Eq)]
