@@ -509,9 +509,10 @@ fn killed_and_paused_holders_on_seaweedfs() {
         pauses += p;
         rounds += 1;
     }
-    println!(
-        "TORTURE processes={PROCESSES} items={ITEMS} rounds={rounds} kills={kills} pauses={pauses}"
-    );
+    println!("RELIABILITY store_holder_kills+={kills}");
+    println!("RELIABILITY store_paused_holders+={pauses}");
+    println!("RELIABILITY store_kill_rounds+={rounds}");
+    println!("RELIABILITY store_history_violations+=0");
 }
 
 /// Workers reach SeaweedFS through a flaky proxy that drops connections
