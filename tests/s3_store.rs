@@ -438,7 +438,8 @@ fn requests_per_committed_step() {
     assert_eq!(objects.take(), BTreeMap::from([(Get, 1 + 2)]));
 }
 
-/// The `recovery` CLI (built with the features `cli` and `s3`).
+/// The `recovery` CLI, with every feature (`cli` and `s3` among them): as
+/// the README's test command builds it, so nothing is built again.
 fn recovery_cli() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("recovery");
@@ -448,8 +449,7 @@ fn recovery_cli() -> std::path::PathBuf {
             "-q",
             "-p",
             "recovery",
-            "--features",
-            "cli,s3",
+            "--all-features",
             "--bin",
             "recovery",
         ])
@@ -509,7 +509,8 @@ fn the_cli_reads_a_run_from_the_store() {
     assert_eq!(code, Some(2), "the first look made a run at the typo");
 }
 
-/// The example pipeline (built with the feature `s3`).
+/// The example pipeline, with every feature (`s3` among them): as the
+/// README's test command builds it, so nothing is built again.
 fn pipeline_example() -> Command {
     let status = Command::new(env!("CARGO"))
         .args([
@@ -517,8 +518,7 @@ fn pipeline_example() -> Command {
             "--quiet",
             "--example",
             "pipeline",
-            "--features",
-            "s3",
+            "--all-features",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()

@@ -74,7 +74,13 @@ fn item(run: &Run, n: u32, h: &History) -> std::io::Result<String> {
 /// returned another's.
 fn call(h: &History, step: &str, f: impl FnOnce() -> std::io::Result<String>) -> Option<String> {
     RAN.with(|r| *r.borrow_mut() = None);
-    let result = f().ok()?;
+    let result = match f() {
+        Ok(result) => result,
+        Err(e) => {
+            h.record("failed", step, &e.to_string().replace('\n', " "));
+            return None;
+        }
+    };
     let ran = RAN.with(|r| r.borrow_mut().take());
     let what = if ran.as_deref() == Some(result.as_str()) {
         "committed"
@@ -259,6 +265,10 @@ fn random_faults(inner: &Arc<dyn ObjectStore>, label: &str, seed: u64, tally: &m
         .collect();
     objects.fail_randomly(seed, 120);
     objects.hide_fresh(4);
+    if seed % 2 == 0 {
+        // Slow requests: leases renew and steps overlap more.
+        objects.delay(Duration::from_millis(2));
+    }
     std::thread::scope(|scope| {
         for (m, run) in machines.iter().enumerate() {
             for t in 0..2 {

@@ -237,7 +237,11 @@ fn torture(run: &Run, history: &Path) -> std::io::Result<u64> {
                                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 false
                             }
-                            Err(_) => true,
+                            Err(e) => {
+                                let error = e.to_string().replace('\n', " ");
+                                h.record("failed", &format!("item/{n}"), &error);
+                                true
+                            }
                         }
                     });
                 }

@@ -5,6 +5,7 @@
 //! attempt   <step> <token>   a body started; its outputs and value carry the token
 //! committed <step> <token>   a call returned its own body's value: it committed
 //! resumed   <step> <token>   a call returned another attempt's value
+//! failed    <step> <error>   a call returned an error (what the worker observed)
 //! ```
 //!
 //! [`check`] holds them against what the store ended with: no step has two
@@ -70,6 +71,7 @@ pub struct Verdict {
     pub attempts: usize,
     pub commits: usize,
     pub resumes: usize,
+    pub failures: usize,
 }
 
 /// Checks `lines` against the store's end state: `markers` gives, for every
@@ -115,6 +117,7 @@ pub fn check(
                     ));
                 }
             }
+            "failed" => verdict.failures += 1,
             other => return Err(format!("unknown history entry {other:?} in {line:?}")),
         }
     }
