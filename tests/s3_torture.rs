@@ -265,7 +265,7 @@ fn random_faults(inner: &Arc<dyn ObjectStore>, label: &str, seed: u64, tally: &m
         .collect();
     objects.fail_randomly(seed, 120);
     objects.hide_fresh(4);
-    if seed % 2 == 0 {
+    if seed.is_multiple_of(2) {
         // Slow requests: leases renew and steps overlap more.
         objects.delay(Duration::from_millis(2));
     }
