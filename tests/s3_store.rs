@@ -393,10 +393,10 @@ fn a_holder_paused_past_its_ttl_cannot_commit_over_the_new_holder() {
     assert_eq!(completed.len(), 1, "{completed:?}");
 }
 
-#[resumable_step("two-files")]
-fn two_files(run: &Run) -> std::io::Result<u32> {
+#[resumable_step("two-files", key = k)]
+fn two_files(run: &Run, k: u32) -> std::io::Result<u32> {
     run.write_output("one.txt", b"one")?;
-    run.write_output("two.txt", b"two")?;
+    run.write_output("two.txt", format!("two {k}").as_bytes())?;
     Ok(2)
 }
 
@@ -418,23 +418,31 @@ fn requests_per_committed_step() {
         run
     };
     let run = open(a.path());
-    assert_eq!(two_files(&run).unwrap(), 2);
+    assert_eq!(two_files(&run, 1).unwrap(), 2);
     // One PUT per output, the marker's create, the lease's create and its
-    // release: the minimum. Then the log piece of the step's end, and two
-    // reads of the marker: before the lease (a done step resumes on that
-    // one read) and under it.
+    // release: the minimum. Then the log piece of the step's end, and one
+    // read of the marker, before the lease (a done step resumes on that one
+    // read; under the step's first lease it need not be read again).
     assert_eq!(
         objects.take(),
-        BTreeMap::from([(Put, 2 + 1), (PutCreate, 2), (PutUpdate, 1), (Get, 2)])
+        BTreeMap::from([(Put, 2 + 1), (PutCreate, 2), (PutUpdate, 1), (Get, 1)])
+    );
+    // Run again under a new key (the marker no longer holds): the lease's
+    // create is refused, its released record read and taken over, the
+    // marker read again under it and replaced.
+    assert_eq!(two_files(&run, 2).unwrap(), 2);
+    assert_eq!(
+        objects.take(),
+        BTreeMap::from([(Put, 2 + 1), (PutCreate, 1), (PutUpdate, 3), (Get, 3)])
     );
     // Warm: one read of the marker; the outputs here hash as it says.
-    assert_eq!(two_files(&run).unwrap(), 2);
+    assert_eq!(two_files(&run, 2).unwrap(), 2);
     assert_eq!(objects.take(), BTreeMap::from([(Get, 1)]));
     drop(run);
     objects.take();
     // Cold: the marker, then each output once.
     let run = open(b.path());
-    assert_eq!(two_files(&run).unwrap(), 2);
+    assert_eq!(two_files(&run, 2).unwrap(), 2);
     assert_eq!(objects.take(), BTreeMap::from([(Get, 1 + 2)]));
 }
 

@@ -82,6 +82,8 @@ pub(crate) struct Held {
     ttl: Duration,
     state: Arc<Mutex<HeldState>>,
     renewal: Option<tokio::task::JoinHandle<()>>,
+    /// Made by creating the lease object: the step's first lease.
+    created: bool,
 }
 
 #[derive(Debug)]
@@ -97,6 +99,12 @@ struct HeldState {
 impl Held {
     pub(crate) fn epoch(&self) -> u64 {
         lock(&self.state).record.epoch
+    }
+
+    /// Whether this lease created the step's lease object (no lease of the
+    /// step was ever taken before).
+    pub(crate) fn created(&self) -> bool {
+        self.created
     }
 
     pub(crate) fn holder(&self) -> String {
@@ -238,9 +246,9 @@ pub(crate) async fn acquire(
     // The version being waited out, and since when (on our clock).
     let mut watching: Option<(String, Instant)> = None;
     // A step's first lease is a create, with no read before it.
-    let mut seen = Some(None);
+    let mut known: Option<Option<Seen>> = Some(None);
     loop {
-        let seen = match seen.take() {
+        let seen = match known.take() {
             Some(assumed) => assumed,
             None => read(&remote, &key).await?,
         };
@@ -293,7 +301,11 @@ pub(crate) async fn acquire(
                     record: Some(r),
                     etag,
                 }) if r == record => etag,
-                Some(_) => continue,
+                // Someone else's: the next round starts from this read.
+                other @ Some(_) => {
+                    known = Some(other);
+                    continue;
+                }
                 None => match outcome {
                     Outcome::Unknown(e) => return Err(remote.error("create lease", &key, e)),
                     _ => continue,
@@ -318,6 +330,7 @@ pub(crate) async fn acquire(
             ttl,
             state,
             renewal: Some(renewal),
+            created: condition.is_none(),
         }));
     }
 }

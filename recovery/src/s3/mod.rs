@@ -242,7 +242,8 @@ impl S3Store {
         Ok(held.map(|held| {
             let epoch = held.epoch();
             let attempt = format!("{epoch:010}-{}", held.holder());
-            Lease::new(
+            let first = held.created();
+            let lease = Lease::new(
                 step.clone(),
                 epoch,
                 Some(self.ttl),
@@ -251,7 +252,8 @@ impl S3Store {
                     _local: local,
                 },
             )
-            .with_attempt(attempt)
+            .with_attempt(attempt);
+            if first { lease.first_of_step() } else { lease }
         }))
     }
 

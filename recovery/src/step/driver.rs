@@ -24,6 +24,7 @@ use crate::step::marker::MarkerState;
 use crate::step::run::Run;
 use crate::step::staging::Active;
 use crate::step::state::StepState;
+use crate::step::store::StoredMarker;
 
 /// A step function's error type: it must carry a [`RunError`] (the step
 /// fails with one when its outputs cannot be committed) and have a text.
@@ -141,11 +142,13 @@ fn prepare<T: DeserializeOwned>(
         });
         Ok(Prepared::Resumed(value))
     };
-    if let Ok(found) = value_of(state.check_fetching(fingerprint, def.verify)?) {
+    let before = run.store().read_marker(state.id())?;
+    let missing = before == StoredMarker::Missing;
+    if let Ok(found) = value_of(state.check_stored(before, fingerprint, def.verify)?) {
         return resumed(found);
     }
     // Under the lease, the marker read when it was taken decides.
-    let (execution, stored) = state.begin_seen()?;
+    let (execution, stored) = state.begin_seen(missing.then_some(StoredMarker::Missing))?;
     match value_of(state.check_stored(stored, fingerprint, def.verify)?) {
         Ok(found) => resumed(found),
         Err(reason) => {

@@ -246,18 +246,26 @@ impl StepState {
     /// [`RunError::MarkerPlaceTaken`] when a directory with files in it is
     /// where the marker goes; any failed file operation.
     pub fn begin(&self) -> Result<StepExecution, RunError> {
-        Ok(self.begin_seen()?.0)
+        Ok(self.begin_seen(None)?.0)
     }
 
     /// [`begin`](Self::begin), with the marker as it was once the lease
-    /// was taken (the one the commit replaces).
-    pub(crate) fn begin_seen(&self) -> Result<(StepExecution, StoredMarker), RunError> {
+    /// was taken (the one the commit replaces). `before` is the marker as
+    /// read just before, if it was.
+    pub(crate) fn begin_seen(
+        &self,
+        before: Option<StoredMarker>,
+    ) -> Result<(StepExecution, StoredMarker), RunError> {
         let lease = self.run.store().lease(&self.id)?;
         // What a dead worker left of this step is ours now.
         self.run.sweep_step(&self.id)?;
         // The marker the commit replaces; nobody else changes it while we
-        // hold the lease.
-        let stored = self.run.store().read_marker(&self.id)?;
+        // hold the lease. Under the step's first lease, none can have been
+        // written since it was seen missing.
+        let stored = match before {
+            Some(StoredMarker::Missing) if lease.is_first() => StoredMarker::Missing,
+            _ => self.run.store().read_marker(&self.id)?,
+        };
         let seen = stored.version().cloned();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);

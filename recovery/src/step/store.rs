@@ -143,6 +143,7 @@ pub struct Lease {
     epoch: u64,
     ttl: Option<Duration>,
     attempt: Option<String>,
+    first: bool,
     /// What the store keeps while the lease is held (a locked file).
     hold: Box<dyn Any + Send + Sync>,
 }
@@ -161,6 +162,7 @@ impl Lease {
             epoch,
             ttl,
             attempt: None,
+            first: false,
             hold: Box::new(hold),
         }
     }
@@ -172,6 +174,20 @@ impl Lease {
     pub fn with_attempt(mut self, attempt: impl Into<String>) -> Self {
         self.attempt = Some(attempt.into());
         self
+    }
+
+    /// Marks the lease as the first ever taken on its step: no marker can
+    /// have been written under a lease before it, so a marker seen missing
+    /// just before it was taken is missing still (the driver then spares
+    /// itself a read).
+    pub fn first_of_step(mut self) -> Self {
+        self.first = true;
+        self
+    }
+
+    /// Whether no lease of the step was taken before this one.
+    pub fn is_first(&self) -> bool {
+        self.first
     }
 
     /// The attempt's token, for stores that publish outputs apart per
