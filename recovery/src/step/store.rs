@@ -309,7 +309,10 @@ pub trait StepStore: Send + Sync + fmt::Debug + 'static {
         seen: Option<&MarkerVersion>,
     ) -> Result<Put, RunError> {
         let mut expected = seen;
-        if self.outputs_in_place() {
+        // With no outputs nothing moves in place: the marker is replaced in
+        // one atomic write (its file and its directory synced: the bare
+        // minimum), the old one standing until the new one does.
+        if self.outputs_in_place() && !outputs.is_empty() {
             // Durably withdrawn first; and a marker other than the one seen
             // stops the commit before anything moves.
             let withdrawn = match seen {
