@@ -355,14 +355,14 @@ fn request_faults_on_in_memory_storage() {
     torture(
         Arc::new(object_store::memory::InMemory::new()),
         "in-memory",
-        400,
+        500,
     );
 }
 
 #[test]
 fn request_faults_on_moto() {
     let server = S3Server::shared(Server::Moto);
-    torture(s3_client(&server.bucket, &server.options()), "moto", 100);
+    torture(s3_client(&server.bucket, &server.options()), "moto", 150);
 }
 
 #[test]
@@ -371,7 +371,7 @@ fn request_faults_on_seaweedfs() {
     torture(
         s3_client(&server.bucket, &server.options()),
         "seaweedfs",
-        100,
+        150,
     );
 }
 
