@@ -546,3 +546,53 @@ fn item_of(key: &object_store::path::Path, name: &str) -> Option<StepId> {
     }
     StepId::from_parts(name, Some(id))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_a_bucket_and_a_prefix() {
+        let options = [("aws_region".to_owned(), "us-east-1".to_owned())];
+        let (_, prefix) = connect("s3://bucket/runs/demo/", &options).unwrap();
+        assert_eq!(prefix, "runs/demo");
+        let (_, prefix) = connect("s3a://bucket", &options).unwrap();
+        assert_eq!(prefix, "");
+        for (url, says) in [
+            ("file:///tmp/x", "only s3:// URLs"),
+            ("s3://", "names no bucket"),
+            ("s3:///p", "names no bucket"),
+        ] {
+            let err = connect(url, &options).err().unwrap().to_string();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+        let bad = [("aws_no_such".to_owned(), "1".to_owned())];
+        let err = connect("s3://b/p", &bad).err().unwrap().to_string();
+        assert!(
+            err.contains("unknown store option \"aws_no_such\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn only_tokens_this_store_makes_name_an_attempt() {
+        assert!(is_attempt("0000000001-00ff00ff00ff00ff"));
+        for bad in ["", "../x", "a/b", "UPPER", &"a".repeat(65), "x y"] {
+            assert!(!is_attempt(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn item_keys_read_back_as_their_items() {
+        let (id, _) = StepId::item("page", &3).unwrap();
+        let hex = id.item_id().unwrap();
+        let key = object_store::path::Path::from(format!("p/steps/page/{}/{hex}.json", &hex[..2]));
+        assert_eq!(item_of(&key, "page"), Some(id.clone()));
+        // Another family's, a misplaced bucket, not a marker: none.
+        assert_eq!(item_of(&key, "other"), None);
+        let wrong = object_store::path::Path::from(format!("p/steps/page/zz/{hex}.json"));
+        assert_eq!(item_of(&wrong, "page"), None);
+        let temp = object_store::path::Path::from(format!("p/steps/page/{}/{hex}.tmp", &hex[..2]));
+        assert_eq!(item_of(&temp, "page"), None);
+    }
+}
