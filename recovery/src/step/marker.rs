@@ -120,9 +120,24 @@ pub enum MarkerState {
     Invalid(String),
 }
 
+/// The BLAKE3 of the compact JSON of `marker`, hashed as it is written
+/// out (no buffer).
+fn content_hash(marker: &Marker) -> Result<blake3::Hash, serde_json::Error> {
+    let mut hasher = blake3::Hasher::new();
+    serde_json::to_writer(&mut hasher, marker)?;
+    Ok(hasher.finalize())
+}
+
 fn checksum(marker: &Marker) -> Result<String, serde_json::Error> {
-    let bytes = serde_json::to_vec(marker)?;
-    Ok(format!("blake3:{}", blake3::hash(&bytes).to_hex()))
+    Ok(format!("blake3:{}", content_hash(marker)?.to_hex()))
+}
+
+/// Whether `recorded` (`blake3:<hex>`) is the checksum of `marker`.
+fn checksum_holds(marker: &Marker, recorded: &str) -> bool {
+    match (recorded.strip_prefix("blake3:"), content_hash(marker)) {
+        (Some(hex), Ok(hash)) => hash.to_hex().as_str() == hex,
+        _ => false,
+    }
 }
 
 /// The bytes of a marker file.
@@ -140,6 +155,11 @@ pub fn encode(marker: &Marker) -> Result<Vec<u8>, serde_json::Error> {
 /// newer program wrote it; rerunning would discard its work); anything else
 /// that does not hold is `Invalid` with the reason.
 pub fn decode(bytes: &[u8], path: &Path) -> Result<MarkerState, RunError> {
+    // The common case in one pass: a marker that parses as one. Anything
+    // else takes the slow path below, which says what is wrong.
+    if let Ok(file) = serde_json::from_slice::<MarkerFile>(bytes) {
+        return judge(file, path);
+    }
     let raw: serde_json::Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => {
@@ -159,25 +179,35 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<MarkerState, RunError> {
             supported: MARKER_FORMAT,
         });
     }
-    let file: MarkerFile = match serde_json::from_value(raw) {
-        Ok(f) => f,
-        Err(e) => {
-            return Ok(MarkerState::Invalid(format!(
-                "the marker's fields do not parse ({e})"
-            )));
-        }
-    };
+    match serde_json::from_value(raw) {
+        Ok(file) => judge(file, path),
+        Err(e) => Ok(MarkerState::Invalid(format!(
+            "the marker's fields do not parse ({e})"
+        ))),
+    }
+}
+
+/// A parsed marker file: its format, then its checksum.
+fn judge(file: MarkerFile, path: &Path) -> Result<MarkerState, RunError> {
+    if file.marker.format > MARKER_FORMAT {
+        return Err(RunError::NewerMarker {
+            path: path.to_owned(),
+            found: u64::from(file.marker.format),
+            supported: MARKER_FORMAT,
+        });
+    }
     if file.marker.format != MARKER_FORMAT {
         return Ok(MarkerState::Invalid(format!(
             "the marker has format {}, this program reads {MARKER_FORMAT}",
             file.marker.format
         )));
     }
-    match checksum(&file.marker) {
-        Ok(sum) if sum == file.checksum => Ok(MarkerState::Valid(file.marker)),
-        _ => Ok(MarkerState::Invalid(
+    if checksum_holds(&file.marker, &file.checksum) {
+        Ok(MarkerState::Valid(file.marker))
+    } else {
+        Ok(MarkerState::Invalid(
             "the marker's checksum does not match its content".into(),
-        )),
+        ))
     }
 }
 
