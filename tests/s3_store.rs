@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use recovery::{Event, Run, resumable_step};
 use recovery_suite::s3_servers::{S3Server, Server};
-use recovery_suite::store_contract::{Subject, check_store};
+use recovery_suite::store_contract::check_run_store;
 
 fn open(dir: &Path, server: &S3Server, prefix: &str, ttl: Duration) -> Run {
     let mut builder = Run::builder(dir).store(server.url(prefix)).lease_ttl(ttl);
@@ -19,15 +19,6 @@ fn open(dir: &Path, server: &S3Server, prefix: &str, ttl: Duration) -> Run {
         builder = builder.store_option(k, v);
     }
     builder.open().unwrap()
-}
-
-fn contract(run: &Run) {
-    let staging = run.dir().join("staging");
-    check_store(&Subject {
-        store: run.store(),
-        staging: &staging,
-        outputs: run.dir(),
-    });
 }
 
 #[test]
@@ -38,23 +29,24 @@ fn in_memory_object_storage_keeps_the_store_contract() {
         .object_store(objects, "runs/contract")
         .open()
         .unwrap();
-    contract(&run);
+    check_run_store(&run);
+}
+
+fn contract_on(kind: Server) {
+    let server = S3Server::shared(kind);
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = S3Server::prefix("contract");
+    check_run_store(&open(tmp.path(), server, &prefix, Duration::from_secs(30)));
 }
 
 #[test]
 fn moto_keeps_the_store_contract() {
-    let server = S3Server::shared(Server::Moto);
-    let tmp = tempfile::tempdir().unwrap();
-    let prefix = S3Server::prefix("contract");
-    contract(&open(tmp.path(), server, &prefix, Duration::from_secs(30)));
+    contract_on(Server::Moto);
 }
 
 #[test]
 fn seaweedfs_keeps_the_store_contract() {
-    let server = S3Server::shared(Server::Seaweed);
-    let tmp = tempfile::tempdir().unwrap();
-    let prefix = S3Server::prefix("contract");
-    contract(&open(tmp.path(), server, &prefix, Duration::from_secs(30)));
+    contract_on(Server::Seaweed);
 }
 
 #[test]
@@ -591,4 +583,47 @@ fn the_pipeline_killed_on_one_machine_finishes_on_another() {
     };
     assert!(!checkout("b").is_empty());
     assert_eq!(checkout("b"), checkout("alone"));
+}
+
+#[resumable_step("stamped", verify = "size_mtime")]
+fn stamped(run: &Run) -> std::io::Result<u32> {
+    run.write_output("stamped.txt", b"stamped")?;
+    Ok(1)
+}
+
+/// A fetched copy takes the modification time the committing machine
+/// recorded, so a `size_mtime` check on this machine trusts it unread.
+#[test]
+fn a_fetched_output_keeps_its_recorded_modification_time() {
+    let objects: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::memory::InMemory::new());
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let on = |dir: &Path| {
+        Run::builder(dir)
+            .object_store(objects.clone(), "p")
+            .open()
+            .unwrap()
+    };
+    // The clock moves on between the commit and the fetch.
+    assert_eq!(stamped(&on(a.path())).unwrap(), 1);
+    std::thread::sleep(Duration::from_millis(20));
+    let run = on(b.path());
+    assert_eq!(stamped(&run).unwrap(), 1);
+    assert!(resumed(&run, "stamped").is_some_and(|n| n == 7));
+    let recovery::marker::MarkerState::Valid(marker) =
+        run.step("stamped").unwrap().read_marker().unwrap()
+    else {
+        panic!("no valid marker");
+    };
+    let recorded = marker.outputs[0]
+        .mtime_ns
+        .expect("size_mtime records the mtime");
+    let fetched = std::fs::metadata(b.path().join("stamped.txt"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert_eq!(fetched, recorded);
 }

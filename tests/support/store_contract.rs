@@ -17,6 +17,17 @@ pub struct Subject<'a> {
     pub outputs: &'a Path,
 }
 
+/// Runs every check on the store of `run`, staging in its staging area
+/// and publishing into its directory, as a step would.
+pub fn check_run_store(run: &recovery::Run) {
+    let staging = run.dir().join("staging");
+    check_store(&Subject {
+        store: run.store(),
+        staging: &staging,
+        outputs: run.dir(),
+    });
+}
+
 /// Runs every check, each on steps of its own (named after it).
 pub fn check_store(s: &Subject<'_>) {
     conditional_create(s);

@@ -8,6 +8,7 @@ mod remote;
 mod transfer;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,9 +156,19 @@ impl S3Store {
         Ok(store)
     }
 
+    /// Runs `request` on the store's runtime and waits for its result.
+    fn request<T: Send + 'static, F>(
+        &self,
+        request: impl FnOnce(Arc<Remote>) -> F,
+    ) -> Result<T, RunError>
+    where
+        F: Future<Output = Result<T, RunError>> + Send + 'static,
+    {
+        self.remote.bridge.run(request(Arc::clone(&self.remote)))
+    }
+
     fn check_or_init(&self, create: bool) -> Result<(), RunError> {
-        let remote = Arc::clone(&self.remote);
-        self.remote.bridge.run(async move {
+        self.request(|remote| async move {
             let key = remote.key("run.json");
             let bad = |reason: String| RunError::StoreUrl {
                 url: remote.url.clone(),
@@ -209,36 +220,44 @@ impl S3Store {
             })
     }
 
-    /// Settles a marker write whose outcome is unknown by reading it back.
-    fn settle(&self, step: &StepId, bytes: Bytes, outcome: Outcome) -> Result<Put, RunError> {
-        let error = match outcome {
-            Outcome::Written(etag) => return Ok(Put::Written(MarkerVersion::new(etag))),
-            Outcome::Refused => None,
-            Outcome::Unknown(e) => Some(e),
-        };
-        let (remote, key) = (Arc::clone(&self.remote), self.remote.marker_key(step));
-        self.remote.bridge.run(async move {
-            match remote.get(&key).await? {
-                Some(found) if found.bytes == bytes => {
+    /// Writes the lease's marker: a create (`etag` none) or a replace of
+    /// the version `etag`, conditionally, after making sure the lease is
+    /// still ours. An outcome the store did not tell is settled by reading
+    /// the marker back: ours if it holds exactly our bytes (they carry the
+    /// attempt's nonce).
+    fn write_marker(
+        &self,
+        lease: &Lease,
+        bytes: &[u8],
+        etag: Option<String>,
+    ) -> Result<Put, RunError> {
+        self.held(lease)?.ensure(lease.step())?;
+        let key = self.remote.marker_key(lease.step());
+        let bytes = Bytes::copy_from_slice(bytes);
+        self.request(|remote| async move {
+            let outcome = match &etag {
+                None => remote.create(&key, bytes.clone()).await,
+                Some(etag) => remote.update(&key, bytes.clone(), etag).await,
+            };
+            let error = match outcome {
+                Outcome::Written(etag) => return Ok(Put::Written(MarkerVersion::new(etag))),
+                Outcome::Refused => None,
+                Outcome::Unknown(e) => Some(e),
+            };
+            match (remote.get(&key).await?, error) {
+                (Some(found), _) if found.bytes == bytes => {
                     Ok(Put::Written(MarkerVersion::new(found.etag)))
                 }
-                Some(_) => Ok(Put::Conflict),
-                None => match error {
-                    Some(e) => Err(remote.error("write marker", &key, e)),
-                    None => Ok(Put::Conflict),
-                },
+                (None, Some(e)) => Err(remote.error("write marker", &key, e)),
+                _ => Ok(Put::Conflict),
             }
         })
     }
 
     /// Takes the lease, waiting or not.
     fn take(&self, step: &StepId, local: Lease, wait: bool) -> Result<Option<Lease>, RunError> {
-        let (remote, id, ttl) = (Arc::clone(&self.remote), step.clone(), self.ttl);
-        let process = self.logs.process().to_owned();
-        let held = self
-            .remote
-            .bridge
-            .run(lease::acquire(remote, id, ttl, process, wait))?;
+        let (id, ttl, process) = (step.clone(), self.ttl, self.logs.process().to_owned());
+        let held = self.request(|remote| lease::acquire(remote, id, ttl, process, wait))?;
         Ok(held.map(|held| {
             let epoch = held.epoch();
             let attempt = format!("{epoch:010}-{}", held.holder());
@@ -259,11 +278,8 @@ impl S3Store {
 
     /// Names of steps and families under `dir` (`steps` or `leases`).
     fn names(&self, dir: &'static str) -> Result<(Vec<String>, Vec<String>), RunError> {
-        let remote = Arc::clone(&self.remote);
-        let (objects, prefixes) = self
-            .remote
-            .bridge
-            .run(async move { remote.list_names(dir).await })?;
+        let (objects, prefixes) =
+            self.request(|remote| async move { remote.list_names(dir).await })?;
         let steps = objects
             .iter()
             .filter_map(|n| n.strip_suffix(".json"))
@@ -290,11 +306,8 @@ fn is_attempt(attempt: &str) -> bool {
 
 impl StepStore for S3Store {
     fn read_marker(&self, step: &StepId) -> Result<StoredMarker, RunError> {
-        let (remote, key) = (Arc::clone(&self.remote), self.remote.marker_key(step));
-        let found = self
-            .remote
-            .bridge
-            .run(async move { remote.get(&key).await })?;
+        let key = self.remote.marker_key(step);
+        let found = self.request(|remote| async move { remote.get(&key).await })?;
         Ok(match found {
             None => StoredMarker::Missing,
             Some(found) if found.bytes.len() as u64 > MARKER_LIMIT => StoredMarker::Unreadable {
@@ -309,18 +322,7 @@ impl StepStore for S3Store {
     }
 
     fn create_marker(&self, lease: &Lease, bytes: &[u8]) -> Result<Put, RunError> {
-        self.held(lease)?.ensure(lease.step())?;
-        let bytes = Bytes::copy_from_slice(bytes);
-        let (remote, key) = (
-            Arc::clone(&self.remote),
-            self.remote.marker_key(lease.step()),
-        );
-        let sent = bytes.clone();
-        let outcome = self
-            .remote
-            .bridge
-            .run(async move { Ok(remote.create(&key, sent).await) })?;
-        self.settle(lease.step(), bytes, outcome)
+        self.write_marker(lease, bytes, None)
     }
 
     fn replace_marker(
@@ -329,21 +331,10 @@ impl StepStore for S3Store {
         bytes: &[u8],
         expected: &MarkerVersion,
     ) -> Result<Put, RunError> {
-        self.held(lease)?.ensure(lease.step())?;
-        let Some(etag) = expected.token().map(str::to_owned) else {
-            return Ok(Put::Conflict); // not a version this store gave
-        };
-        let bytes = Bytes::copy_from_slice(bytes);
-        let (remote, key) = (
-            Arc::clone(&self.remote),
-            self.remote.marker_key(lease.step()),
-        );
-        let sent = bytes.clone();
-        let outcome = self
-            .remote
-            .bridge
-            .run(async move { Ok(remote.update(&key, sent, &etag).await) })?;
-        self.settle(lease.step(), bytes, outcome)
+        match expected.token() {
+            Some(etag) => self.write_marker(lease, bytes, Some(etag.to_owned())),
+            None => Ok(Put::Conflict), // not a version this store gave
+        }
     }
 
     /// Object stores have no conditional delete: the marker is read, and
@@ -354,13 +345,8 @@ impl StepStore for S3Store {
         if self.read_marker(lease.step())?.version() != Some(expected) {
             return Ok(false);
         }
-        let (remote, key) = (
-            Arc::clone(&self.remote),
-            self.remote.marker_key(lease.step()),
-        );
-        self.remote
-            .bridge
-            .run(async move { remote.delete(&key).await })?;
+        let key = self.remote.marker_key(lease.step());
+        self.request(|remote| async move { remote.delete(&key).await })?;
         Ok(true)
     }
 
@@ -394,21 +380,15 @@ impl StepStore for S3Store {
         for o in outputs {
             transfer::collect(o.staged, o.path, &mut uploads)?;
         }
-        let remote = Arc::clone(&self.remote);
-        self.remote
-            .bridge
-            .run(transfer::upload(remote, prefix, uploads))?;
+        self.request(|remote| transfer::upload(remote, prefix, uploads))?;
         self.local.publish_outputs(lease, outputs)
     }
 
     fn discard_published(&self, lease: &Lease) {
         if let Some(attempt) = lease.attempt() {
             let prefix = self.remote.attempt_prefix(lease.step(), attempt);
-            let remote = Arc::clone(&self.remote);
-            let _ = self
-                .remote
-                .bridge
-                .run(async move { transfer::remove_all(&remote, &prefix).await });
+            let _ =
+                self.request(|remote| async move { transfer::remove_all(&remote, &prefix).await });
         }
     }
 
@@ -421,12 +401,9 @@ impl StepStore for S3Store {
             Some(item) => StepId::item(&marker.step, item)?.0,
         };
         let prefix = self.remote.attempt_prefix(&step, attempt);
-        let remote = Arc::clone(&self.remote);
         let run_dir = self.local.dir().to_owned();
         let (outside, marker) = (outside.to_vec(), marker.clone());
-        self.remote
-            .bridge
-            .run(transfer::fetch(remote, prefix, run_dir, outside, marker))
+        self.request(|remote| transfer::fetch(remote, prefix, run_dir, outside, marker))
     }
 
     /// Takes this machine's lock first (no request while another local
@@ -450,10 +427,8 @@ impl StepStore for S3Store {
         if self.local.is_leased(step)? {
             return Ok(true);
         }
-        let (remote, id) = (Arc::clone(&self.remote), step.clone());
-        self.remote
-            .bridge
-            .run(async move { lease::is_held(&remote, &id).await })
+        let id = step.clone();
+        self.request(|remote| async move { lease::is_held(&remote, &id).await })
     }
 
     fn leased_steps(&self) -> Result<Vec<String>, RunError> {

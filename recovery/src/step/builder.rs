@@ -31,7 +31,13 @@ use crate::step::store::StepStore;
 pub struct RunBuilder {
     dir: PathBuf,
     fs: Arc<dyn FileSystem>,
-    store: StoreChoice,
+    store: StoreSpec,
+}
+
+/// Which store to make, and how.
+#[derive(Debug)]
+struct StoreSpec {
+    choice: StoreChoice,
     options: Vec<(String, String)>,
     lease_ttl: Option<Duration>,
 }
@@ -58,9 +64,11 @@ impl RunBuilder {
         RunBuilder {
             dir: dir.to_owned(),
             fs: Arc::new(RealFs),
-            store: StoreChoice::Local,
-            options: Vec::new(),
-            lease_ttl: None,
+            store: StoreSpec {
+                choice: StoreChoice::Local,
+                options: Vec::new(),
+                lease_ttl: None,
+            },
         }
     }
 
@@ -70,7 +78,7 @@ impl RunBuilder {
     /// variables (`AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP` for a local server),
     /// or from [`store_option`](Self::store_option).
     pub fn store(mut self, url: impl Into<String>) -> Self {
-        self.store = StoreChoice::Url(url.into());
+        self.store.choice = StoreChoice::Url(url.into());
         self
     }
 
@@ -78,7 +86,7 @@ impl RunBuilder {
     /// `object_store`'s keys for S3 (`aws_endpoint`, `aws_allow_http`,
     /// `aws_access_key_id`, `aws_region`, `timeout`, ...).
     pub fn store_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.options.push((key.into(), value.into()));
+        self.store.options.push((key.into(), value.into()));
         self
     }
 
@@ -91,7 +99,7 @@ impl RunBuilder {
         objects: Arc<dyn object_store::ObjectStore>,
         prefix: impl Into<String>,
     ) -> Self {
-        self.store = StoreChoice::Objects(objects, prefix.into());
+        self.store.choice = StoreChoice::Objects(objects, prefix.into());
         self
     }
 
@@ -100,7 +108,7 @@ impl RunBuilder {
     /// paused, cut off) holds up its steps this long before another takes
     /// them over. Only shared stores have leases that expire.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.lease_ttl = Some(ttl);
+        self.store.lease_ttl = Some(ttl);
         self
     }
 
@@ -117,15 +125,8 @@ impl RunBuilder {
     /// As [`Run::open`]; and a store URL that cannot be used, or a store
     /// that cannot be reached ([`RunError::StoreUrl`], [`RunError::Store`]).
     pub fn open(self) -> Result<Run, RunError> {
-        let RunBuilder {
-            dir,
-            fs,
-            store,
-            options,
-            lease_ttl,
-        } = self;
-        let make = move |local| make_store(store, &options, lease_ttl, local, true);
-        Run::open_local(&dir, fs, make)
+        let RunBuilder { dir, fs, store } = self;
+        Run::open_local(&dir, fs, |local| store.make(local, true))
     }
 
     /// Opens a run directory (and a store) that must already exist,
@@ -135,51 +136,45 @@ impl RunBuilder {
     /// # Errors
     /// As [`Run::open_existing`], and as [`open`](Self::open) for the store.
     pub fn open_existing(self) -> Result<Run, RunError> {
-        let RunBuilder {
-            dir,
-            store,
-            options,
-            lease_ttl,
-            ..
-        } = self;
-        let make = move |local| make_store(store, &options, lease_ttl, local, false);
-        Run::open_existing_with(&dir, make)
+        let RunBuilder { dir, store, .. } = self;
+        Run::open_existing_with(&dir, |local| store.make(local, false))
     }
 }
 
-fn make_store(
-    choice: StoreChoice,
-    options: &[(String, String)],
-    lease_ttl: Option<Duration>,
-    local: LocalStore,
-    create: bool,
-) -> Result<Arc<dyn StepStore>, RunError> {
-    let _ = (options, lease_ttl, create);
-    match choice {
-        StoreChoice::Local => Ok(Arc::new(local)),
-        #[cfg(feature = "s3")]
-        StoreChoice::Url(url) => {
-            let (objects, prefix) = crate::s3::connect(&url, options)?;
-            let ttl = lease_ttl.unwrap_or(DEFAULT_LEASE_TTL);
-            Ok(Arc::new(crate::s3::S3Store::new(
-                objects, &url, &prefix, ttl, local, create,
-            )?))
+impl StoreSpec {
+    /// The store, beside the run directory's own (`local`); with `create`,
+    /// a shared store's run is made if it has none.
+    #[cfg(feature = "s3")]
+    fn make(self, local: LocalStore, create: bool) -> Result<Arc<dyn StepStore>, RunError> {
+        let (objects, shown, prefix) = match self.choice {
+            StoreChoice::Local => return Ok(Arc::new(local)),
+            StoreChoice::Url(url) => {
+                let (objects, prefix) = crate::s3::connect(&url, &self.options)?;
+                (objects, url, prefix)
+            }
+            StoreChoice::Objects(objects, prefix) => {
+                let shown = format!("{objects}/{prefix}");
+                (objects, shown, prefix)
+            }
+        };
+        let ttl = self.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL);
+        let store = crate::s3::S3Store::new(objects, &shown, &prefix, ttl, local, create)?;
+        Ok(Arc::new(store))
+    }
+
+    /// Without the feature `s3`, only the run directory itself.
+    #[cfg(not(feature = "s3"))]
+    fn make(self, local: LocalStore, _create: bool) -> Result<Arc<dyn StepStore>, RunError> {
+        let _ = (self.options, self.lease_ttl);
+        match self.choice {
+            StoreChoice::Local => Ok(Arc::new(local)),
+            StoreChoice::Url(url) => Err(RunError::StoreUrl {
+                url,
+                reason: "this build of recovery has no shared stores; turn on its cargo feature \
+                         `s3` (in a Cargo.toml: recovery = { version = \"0.1\", features = \
+                         [\"s3\"] }; for this workspace's examples and CLI: --features s3)"
+                    .into(),
+            }),
         }
-        #[cfg(feature = "s3")]
-        StoreChoice::Objects(objects, prefix) => {
-            let ttl = lease_ttl.unwrap_or(DEFAULT_LEASE_TTL);
-            let shown = format!("{objects}/{prefix}");
-            Ok(Arc::new(crate::s3::S3Store::new(
-                objects, &shown, &prefix, ttl, local, create,
-            )?))
-        }
-        #[cfg(not(feature = "s3"))]
-        StoreChoice::Url(url) => Err(RunError::StoreUrl {
-            url,
-            reason: "this build of recovery has no shared stores; turn on its cargo feature \
-                     `s3` (in a Cargo.toml: recovery = { version = \"0.1\", features = \
-                     [\"s3\"] }; for this workspace's examples and CLI: --features s3)"
-                .into(),
-        }),
     }
 }

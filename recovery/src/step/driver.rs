@@ -143,7 +143,7 @@ fn prepare<T: DeserializeOwned>(
         Ok(Prepared::Resumed(value))
     };
     let before = run.store().read_marker(state.id())?;
-    let missing = before == StoredMarker::Missing;
+    let missing = matches!(before, StoredMarker::Missing);
     if let Ok(found) = value_of(state.check_stored(before, fingerprint, def.verify)?) {
         return resumed(found);
     }
