@@ -1,6 +1,12 @@
 //! A call that succeeds the first time: a plain function, `#[retryable]`
 //! (sync, sync with a deadline, async) and backon's retry of the same
 //! function, side by side.
+//!
+//! Async calls are measured two ways: awaited inside a task that is already
+//! running (`*_awaited`: how an async fn is called, its future built in
+//! place in the caller's), and as a fresh future moved into a poll and
+//! polled once (`*_async`: this also pays for copying the future, which
+//! grows with its size).
 
 use std::hint::black_box;
 use std::task::{Context as TaskContext, Poll, Waker};
@@ -38,6 +44,63 @@ async fn ours_async(x: u64) -> Result<u64, std::io::Error> {
 
 async fn plain_async(x: u64) -> Result<u64, std::io::Error> {
     work(x)
+}
+
+// The same two again for the awaited benchmarks: each benchmark calls its
+// own copy, so whether the compiler inlines one does not depend on how many
+// benchmarks call it.
+#[retryable(max_attempts = 5, base = "200ms", jitter)]
+async fn ours_awaited(x: u64) -> Result<u64, std::io::Error> {
+    work(x)
+}
+
+async fn plain_awaited(x: u64) -> Result<u64, std::io::Error> {
+    work(x)
+}
+
+/// A task that calls `call` once per poll, then yields: polling it measures
+/// one awaited call inside a running task (plus a yield, the same for all).
+async fn awaiting<F: Fn(u64) -> Fut, Fut: std::future::Future>(call: F) {
+    loop {
+        black_box(call(black_box(7)).await);
+        YieldOnce(false).await;
+    }
+}
+
+/// Pending once, then ready.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            Poll::Pending
+        }
+    }
+}
+
+/// backon's retry of `work` as an async fn, as a caller would write it.
+async fn backon_async(x: u64) -> Result<u64, std::io::Error> {
+    (|| async move { work(x) })
+        .retry(ExponentialBuilder::default().with_jitter())
+        .sleep(|_| std::future::ready(()))
+        .await
+}
+
+/// Benchmarks the task of [`awaiting`]`(call)`, one poll per iteration.
+fn bench_awaited<F: Fn(u64) -> Fut, Fut: std::future::Future>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    call: F,
+) {
+    let mut task = std::pin::pin!(awaiting(call));
+    let mut cx = TaskContext::from_waker(Waker::noop());
+    g.bench_function(name, |b| {
+        b.iter(|| task.as_mut().poll(&mut cx).is_pending())
+    });
 }
 
 /// Polls a future that is ready at once.
@@ -82,6 +145,9 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
+    bench_awaited(&mut g, "plain_awaited", plain_awaited);
+    bench_awaited(&mut g, "retryable_awaited", ours_awaited);
+    bench_awaited(&mut g, "backon_awaited", backon_async);
     g.finish();
 }
 

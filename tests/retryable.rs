@@ -299,6 +299,35 @@ async fn async_method_with_mut_self_retries_under_virtual_time() {
     }
 }
 
+/// Each attempt's future owns its by-value argument and its reborrow of
+/// `log`: both must be whole again for the next attempt.
+#[retryable(max_attempts = 4, base = "10ms")]
+async fn append_owned(
+    mut word: String,
+    log: &mut Vec<String>,
+    fail_first: u32,
+) -> Result<usize, String> {
+    word.push('!');
+    log.push(word);
+    if (log.len() as u32) <= fail_first {
+        return Err(format!("attempt {} down", log.len()));
+    }
+    Ok(log.len())
+}
+
+#[tokio::test]
+async fn async_attempts_own_fresh_arguments_and_reborrow_mut_references() {
+    let h = harness();
+    let mut log = Vec::new();
+    let r = append_owned("hi".to_string(), &mut log, 2)
+        .with_context(h.ctx.clone())
+        .await;
+    assert_eq!(r, Ok(3));
+    // Every attempt got the argument as passed, not the previous one's edit.
+    assert_eq!(log, ["hi!", "hi!", "hi!"]);
+    assert_eq!(h.clock.slept(), [10 * MS, 20 * MS]);
+}
+
 #[test]
 fn methods_taking_self_by_reference_work() {
     let h = harness();

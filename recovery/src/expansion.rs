@@ -3,13 +3,13 @@
 //! it. Changes without notice.
 
 pub use core::clone::Clone;
+pub use core::default::Default;
 pub use core::option::Option::{self, None, Some};
 pub use core::result::Result::{self, Err, Ok};
 pub use core::time::Duration;
 
-pub use crate::retry::{
-    Backoff, Decision, IntoDecision, Jitter, Retrier, RetryBudget, RetryPolicy,
-};
+pub use crate::retry::retrier::RetryState;
+pub use crate::retry::{Backoff, Decision, IntoDecision, Jitter, RetryBudget, RetryPolicy};
 pub use crate::step::driver::{
     StepCall, StepItem, discard_attempt_outputs, plain_step, record_attempts, run_step,
     run_step_async, step_error, step_item,

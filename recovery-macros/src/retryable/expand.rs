@@ -119,17 +119,38 @@ pub fn generate_fn(
         };
     };
 
+    // An attempt's future owns what it uses (when nothing it uses must
+    // outlive it), so it carries its arguments inline rather than a
+    // pointer to each: the async happy path reads less back from memory.
+    let capture = if attempt_may_move(&func) {
+        quote!(move)
+    } else {
+        quote!()
+    };
     let Arguments { slots, binds } = rebind_arguments(&mut func, &p);
     let last = if slots.is_empty() {
         quote!()
     } else {
-        quote!(let __recovery_last = __recovery_retrier.is_last_attempt();)
+        quote!(let __recovery_last = __recovery_retrier.is_last_attempt(&__RECOVERY_POLICY);)
     };
 
+    // The start of the call is kept only when there is a deadline to keep.
+    let (start, started) = if args.max_elapsed.is_some() {
+        (
+            quote!(let __recovery_started = #p::RetryState::start(&__RECOVERY_POLICY);),
+            quote!(__recovery_started),
+        )
+    } else {
+        (quote!(), quote!(#p::None))
+    };
     let body = &func.block;
     let prologue = quote! {
         const __RECOVERY_POLICY: #p::RetryPolicy = #policy;
-        let mut __recovery_retrier = #p::Retrier::new(&__RECOVERY_POLICY, #name);
+        // The policy is passed at each call rather than kept in the state,
+        // so what it does not use folds away even inside an async fn's
+        // future (whose fields are read back from memory after each await).
+        #start
+        let mut __recovery_retrier: #p::RetryState = #p::Default::default();
         #(#slots)*
     };
     let (before_retry, on_give_up) = match hooks {
@@ -150,16 +171,16 @@ pub fn generate_fn(
             #prologue
             loop {
                 #attempt_args
-                let __recovery_result = #p::attempt_future::<#ret, _>(async #body).await;
+                let __recovery_result = #p::attempt_future::<#ret, _>(async #capture #body).await;
                 let __recovery_sleep = match __recovery_result {
                     #p::Ok(__recovery_value) => {
-                        __recovery_retrier.succeeded();
+                        __recovery_retrier.succeeded(&__RECOVERY_POLICY);
                         return #p::Ok(__recovery_value);
                     }
                     #p::Err(__recovery_error) => {
                         let __recovery_decision = #classify;
                         #error_text
-                        match __recovery_retrier.retry_async(&__recovery_text, __recovery_decision) {
+                        match __recovery_retrier.retry_async((&__RECOVERY_POLICY, #name, #started), &__recovery_text, __recovery_decision) {
                             #p::Some(__recovery_sleep) => __recovery_sleep,
                             #p::None => {
                                 #on_give_up
@@ -178,13 +199,13 @@ pub fn generate_fn(
                 #attempt_args
                 match #p::attempt::<#ret, _>(|| #body) {
                     #p::Ok(__recovery_value) => {
-                        __recovery_retrier.succeeded();
+                        __recovery_retrier.succeeded(&__RECOVERY_POLICY);
                         return #p::Ok(__recovery_value);
                     }
                     #p::Err(__recovery_error) => {
                         let __recovery_decision = #classify;
                         #error_text
-                        if !__recovery_retrier.retry_blocking(&__recovery_text, __recovery_decision) {
+                        if !__recovery_retrier.retry_blocking((&__RECOVERY_POLICY, #name, #started), &__recovery_text, __recovery_decision) {
                             #on_give_up
                             return #p::Err(__recovery_error);
                         }
@@ -195,6 +216,30 @@ pub fn generate_fn(
     };
     func.block = Box::new(syn::parse2(block)?);
     Ok(func)
+}
+
+/// Whether an attempt's `async` block may take its captures by value. Every
+/// by-value argument is bound afresh per attempt and every plain `&mut`
+/// argument reborrowed, so only a `&mut self` receiver (which cannot be
+/// reborrowed under the name `self`) or a `&mut` behind a pattern would be
+/// moved out for good by the first attempt.
+fn attempt_may_move(func: &ItemFn) -> bool {
+    func.sig.inputs.iter().all(|input| match input {
+        FnArg::Receiver(r) => match &r.kind {
+            ReceiverKind::Reference(_, _, mutability) => mutability.is_none(),
+            ReceiverKind::Typed(_, ty) => !is_mut_reference(ty),
+            _ => false,
+        },
+        FnArg::Typed(arg) => {
+            let simple =
+                matches!(&*arg.pat, Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none());
+            simple || !is_mut_reference(&arg.ty)
+        }
+    })
+}
+
+fn is_mut_reference(ty: &Type) -> bool {
+    matches!(ty, Type::Reference(r) if r.mutability.is_some())
 }
 
 struct Arguments {

@@ -2,13 +2,14 @@
 //! the deadline, emits `RETRY_ATTEMPTED` and the issue record on giving up.
 //!
 //! `#[retryable]` writes the loop into the function itself (so `&mut self`
-//! and by-value arguments work) and calls a [`Retrier`] between attempts.
-//! For code without the attribute, [`retry`] and [`retry_async`] run a
-//! closure under a policy.
+//! and by-value arguments work) and calls a `RetryState` between attempts,
+//! handing it the function's `const` policy each time. For code without
+//! the attribute, [`Retrier`] keeps the policy with the state, and
+//! [`retry`] and [`retry_async`] run a closure under a policy.
 //!
-//! Cost of success: [`Retrier::new`] stores three words and, only when the
-//! policy has a deadline, reads the clock. Nothing else happens until an
-//! attempt fails: no allocation, no RNG, no context look-up.
+//! Cost of success: one empty word and, only when the policy has a
+//! deadline, a clock read. Nothing else happens until an attempt fails: no
+//! allocation, no RNG, no context look-up.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -27,17 +28,92 @@ use crate::retry::time::Sleep;
 pub struct Retrier<'p> {
     policy: &'p RetryPolicy,
     operation: &'static str,
-    /// Attempts that have failed so far.
-    failed: u32,
     /// When the first attempt started, read only when the policy has a
     /// deadline (on the context's clock).
     started: Option<Instant>,
+    state: RetryState,
+}
+
+impl<'p> Retrier<'p> {
+    /// Starts a call of `operation` under `policy`.
+    #[inline]
+    pub fn new(policy: &'p RetryPolicy, operation: &'static str) -> Self {
+        Retrier {
+            policy,
+            operation,
+            started: RetryState::start(policy),
+            state: RetryState::default(),
+        }
+    }
+
+    /// Whether the attempt about to start is the last one `max_attempts`
+    /// allows (the deadline may still end the call sooner).
+    #[inline]
+    pub fn is_last_attempt(&self) -> bool {
+        self.state.is_last_attempt(self.policy)
+    }
+
+    /// Records a success: gives tokens back to the policy's retry budget, if
+    /// it has one (a full budget is only read). Nothing else happens.
+    #[inline]
+    pub fn succeeded(&self) {
+        self.state.succeeded(self.policy);
+    }
+
+    /// Attempts made so far (failed ones).
+    pub fn failed_attempts(&self) -> u32 {
+        self.state.failed_attempts()
+    }
+
+    /// The delays slept (or about to be slept) between attempts so far.
+    pub fn slept(&self) -> Duration {
+        self.state.slept()
+    }
+
+    /// Records a failed attempt and decides: `Some(delay)` to retry after
+    /// `delay`, `None` to give up (the issue record is already reported).
+    pub fn on_failure(&mut self, error: &dyn Display, decision: Decision) -> Option<Duration> {
+        let call = (self.policy, self.operation, self.started);
+        self.state.on_failure(call, error, decision)
+    }
+
+    /// [`on_failure`](Self::on_failure), then blocks for the delay. Returns
+    /// whether to try again.
+    pub fn retry_blocking(&mut self, error: &dyn Display, decision: Decision) -> bool {
+        let call = (self.policy, self.operation, self.started);
+        self.state.retry_blocking(call, error, decision)
+    }
+
+    /// [`on_failure`](Self::on_failure), then the future that waits for the
+    /// delay, or `None` to give up.
+    pub fn retry_async(&mut self, error: &dyn Display, decision: Decision) -> Option<Sleep> {
+        let call = (self.policy, self.operation, self.started);
+        self.state.retry_async(call, error, decision)
+    }
+}
+
+/// A [`Retrier`] without its policy, name and start, which each call is
+/// given instead. `#[retryable]` keeps this in the function and passes its
+/// `const` policy at each call (and a start only when it has a deadline),
+/// so what the policy does not use (a budget, a deadline) folds away at
+/// compile time, even in an async fn's future, where a stored policy
+/// reference would be read back from memory after every attempt. One word
+/// until the first failure. Not public API.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct RetryState {
     /// Everything the failure path needs, made on the first failure.
     slow: Option<Box<Slow>>,
 }
 
+/// What a failure needs to know of the call: its policy, its name, and
+/// when its first attempt started if the policy has a deadline.
+pub type Call<'p> = (&'p RetryPolicy, &'static str, Option<Instant>);
+
 #[derive(Debug)]
 struct Slow {
+    /// Attempts that have failed so far.
+    failed: u32,
     ctx: Context,
     schedule: Schedule,
     /// When timing started: the first attempt's start with a deadline, the
@@ -48,63 +124,60 @@ struct Slow {
     taken: u32,
 }
 
-impl<'p> Retrier<'p> {
-    /// Starts a call of `operation` under `policy`.
-    #[inline]
-    pub fn new(policy: &'p RetryPolicy, operation: &'static str) -> Self {
-        let started = policy.deadline().map(|_| Context::stamp_in_force());
-        Retrier {
-            policy,
-            operation,
-            failed: 0,
-            started,
-            slow: None,
-        }
+impl RetryState {
+    /// When a call under `policy` starts: the clock, read only when the
+    /// policy has a deadline.
+    #[inline(always)]
+    pub fn start(policy: &RetryPolicy) -> Option<Instant> {
+        policy.deadline().map(|_| Context::stamp_in_force())
     }
 
-    /// Whether the attempt about to start is the last one `max_attempts`
-    /// allows (the deadline may still end the call sooner).
-    #[inline]
-    pub fn is_last_attempt(&self) -> bool {
-        self.failed + 1 >= self.policy.attempts()
+    /// See [`Retrier::is_last_attempt`].
+    #[inline(always)]
+    pub fn is_last_attempt(&self, policy: &RetryPolicy) -> bool {
+        self.failed_attempts() + 1 >= policy.attempts()
     }
 
-    /// Records a success: gives tokens back to the policy's retry budget, if
-    /// it has one (a full budget is only read). Nothing else happens.
-    #[inline]
-    pub fn succeeded(&self) {
-        if let Some(budget) = self.policy.retry_budget() {
+    /// See [`Retrier::succeeded`].
+    #[inline(always)]
+    pub fn succeeded(&self, policy: &RetryPolicy) {
+        if let Some(budget) = policy.retry_budget() {
             budget.on_success(self.slow.as_ref().map(|s| s.taken).filter(|t| *t > 0));
         }
     }
 
-    /// Attempts made so far (failed ones).
+    /// See [`Retrier::failed_attempts`].
+    #[inline(always)]
     pub fn failed_attempts(&self) -> u32 {
-        self.failed
+        self.slow.as_ref().map_or(0, |s| s.failed)
     }
 
-    /// The delays slept (or about to be slept) between attempts so far.
+    /// See [`Retrier::slept`].
     pub fn slept(&self) -> Duration {
         self.slow.as_ref().map_or(Duration::ZERO, |s| s.slept)
     }
 
-    /// Records a failed attempt and decides: `Some(delay)` to retry after
-    /// `delay`, `None` to give up (the issue record is already reported).
+    /// See [`Retrier::on_failure`].
     #[cold]
-    pub fn on_failure(&mut self, error: &dyn Display, decision: Decision) -> Option<Duration> {
-        self.failed += 1;
+    pub fn on_failure(
+        &mut self,
+        (policy, operation, started): Call<'_>,
+        error: &dyn Display,
+        decision: Decision,
+    ) -> Option<Duration> {
         let slow = self.slow.get_or_insert_with(|| {
             let ctx = Context::current();
-            let start = match self.started {
+            let start = match started {
                 Some(start) => start,
                 None => ctx.stamp(),
             };
-            let backoff = *self.policy.schedule();
+            let backoff = *policy.schedule();
             let seed = match backoff.jitter_kind() {
                 Jitter::None => 0,
-                _ => ctx.jitter_seed(self.operation),
+                _ => ctx.jitter_seed(operation),
             };
             Box::new(Slow {
+                failed: 0,
                 ctx,
                 schedule: backoff.schedule(seed),
                 start,
@@ -112,15 +185,16 @@ impl<'p> Retrier<'p> {
                 taken: 0,
             })
         });
+        slow.failed += 1;
         let elapsed = slow.ctx.since(slow.start);
 
         let verdict = if !decision.is_transient() {
             Err(IssueCode::PermanentError)
-        } else if self.failed >= self.policy.attempts() {
+        } else if slow.failed >= policy.attempts() {
             Err(IssueCode::MaxRetriesExceeded)
         } else {
             let delay = slow.schedule.next_delay(decision.hint());
-            match (self.policy.deadline(), self.policy.retry_budget()) {
+            match (policy.deadline(), policy.retry_budget()) {
                 // Sleeping until (or past) the deadline would only lead to an
                 // attempt that is not allowed to start: stop now instead.
                 (Some(max), _) if elapsed.saturating_add(delay) >= max => {
@@ -142,8 +216,8 @@ impl<'p> Retrier<'p> {
         match verdict {
             Ok(delay) => {
                 slow.ctx.emit(&Event::RetryAttempted {
-                    operation: self.operation.to_owned(),
-                    attempt: self.failed,
+                    operation: operation.to_owned(),
+                    attempt: slow.failed,
                     error: error.to_string(),
                     delay_ns: nanos(delay),
                     elapsed_ns: nanos(elapsed),
@@ -155,9 +229,9 @@ impl<'p> Retrier<'p> {
                 slow.ctx.report(&IssueRecord {
                     error_code: code,
                     severity: Severity::Blocker,
-                    operation: self.operation.to_owned(),
+                    operation: operation.to_owned(),
                     item: None,
-                    attempts: self.failed,
+                    attempts: slow.failed,
                     slept_ns: nanos(slow.slept),
                     last_error: error.to_string(),
                 });
@@ -166,11 +240,15 @@ impl<'p> Retrier<'p> {
         }
     }
 
-    /// [`on_failure`](Self::on_failure), then blocks for the delay. Returns
-    /// whether to try again.
+    /// See [`Retrier::retry_blocking`].
     #[cold]
-    pub fn retry_blocking(&mut self, error: &dyn Display, decision: Decision) -> bool {
-        match self.on_failure(error, decision) {
+    pub fn retry_blocking(
+        &mut self,
+        call: Call<'_>,
+        error: &dyn Display,
+        decision: Decision,
+    ) -> bool {
+        match self.on_failure(call, error, decision) {
             Some(delay) => {
                 if let Some(slow) = &self.slow {
                     slow.ctx.sleep_blocking(delay);
@@ -181,11 +259,15 @@ impl<'p> Retrier<'p> {
         }
     }
 
-    /// [`on_failure`](Self::on_failure), then the future that waits for the
-    /// delay, or `None` to give up.
+    /// See [`Retrier::retry_async`].
     #[cold]
-    pub fn retry_async(&mut self, error: &dyn Display, decision: Decision) -> Option<Sleep> {
-        let delay = self.on_failure(error, decision)?;
+    pub fn retry_async(
+        &mut self,
+        call: Call<'_>,
+        error: &dyn Display,
+        decision: Decision,
+    ) -> Option<Sleep> {
+        let delay = self.on_failure(call, error, decision)?;
         self.slow.as_ref().map(|slow| slow.ctx.sleep(delay))
     }
 }
@@ -329,7 +411,8 @@ mod tests {
     fn the_retry_state_stays_small_until_a_failure() {
         // What a call (and an async fn's future) carries on the path that
         // succeeds; the failure state is boxed on the first failure.
-        assert!(std::mem::size_of::<Retrier<'static>>() <= 56);
+        assert!(std::mem::size_of::<RetryState>() <= 8);
+        assert!(std::mem::size_of::<Retrier<'static>>() <= 48);
     }
 
     #[test]
