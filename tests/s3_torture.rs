@@ -445,7 +445,13 @@ fn kill_and_pause_round(server: &S3Server, rng: &mut Rng, wanted: (u64, u64)) ->
             if let Some(child) = slot
                 && let Some(status) = child.try_wait().unwrap()
             {
-                assert!(status.success(), "a worker failed: {status}");
+                if !status.success() {
+                    let mut said = String::new();
+                    if let Some(mut err) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut err, &mut said);
+                    }
+                    panic!("a worker failed: {status}\n{said}");
+                }
                 *slot = None;
             }
         }

@@ -68,12 +68,27 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     /// Reads at most `limit` bytes; a longer file is an error, not a
     /// truncated read.
     fn read(&self, path: &Path, limit: u64) -> io::Result<Vec<u8>>;
+    /// Reads `path` if it is a regular file of at most `limit` bytes;
+    /// `Ok(Err(kind))` names what is there instead (a final symlink is not
+    /// followed, and a FIFO is not waited on).
+    fn read_regular(&self, path: &Path, limit: u64) -> io::Result<Result<Vec<u8>, EntryKind>> {
+        match self.stat(path)?.kind {
+            EntryKind::File => self.read(path, limit).map(Ok),
+            kind => Ok(Err(kind)),
+        }
+    }
     /// Opens a file for streaming reads (hashing large outputs).
     fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>>;
     /// The kind and size of `path`, not following a final symlink.
     fn stat(&self, path: &Path) -> io::Result<Stat>;
     /// The names in a directory, sorted, so walks are deterministic.
     fn read_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// The names in a directory one at a time, in no set order, so a
+    /// directory of any size is listed in constant memory. The default
+    /// lists them all first.
+    fn read_dir_streamed<'a>(&'a self, path: &Path) -> io::Result<Names<'a>> {
+        Ok(Box::new(self.read_dir(path)?.into_iter().map(Ok)))
+    }
     /// The target of a symlink.
     fn read_link(&self, path: &Path) -> io::Result<PathBuf>;
     /// The BLAKE3 hash of a file's content, streamed.
@@ -83,6 +98,9 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
         Ok(hasher.finalize())
     }
 }
+
+/// Names in a directory, from [`FileSystem::read_dir_streamed`].
+pub type Names<'a> = Box<dyn Iterator<Item = io::Result<String>> + Send + 'a>;
 
 /// The real file system.
 #[derive(Clone, Copy, Debug, Default)]
@@ -141,16 +159,52 @@ impl FileSystem for RealFs {
 
     fn read(&self, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
         let file = File::open(path)?;
-        // Refuse a huge file before reading any of it.
-        if file.metadata()?.len() > limit {
-            return Err(too_large(limit));
+        let len = file.metadata()?.len();
+        read_limited(file, len, limit)
+    }
+
+    /// One open (never following a final symlink, never waiting on a FIFO)
+    /// and one `fstat`, where the default stats the path first.
+    #[cfg(unix)]
+    fn read_regular(&self, path: &Path, limit: u64) -> io::Result<Result<Vec<u8>, EntryKind>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path);
+        let file = match opened {
+            Ok(file) => file,
+            // O_NOFOLLOW's answer when the path is a symlink.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Err(EntryKind::Symlink)),
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        match kind_of(meta.file_type()) {
+            EntryKind::File => read_limited(file, meta.len(), limit).map(Ok),
+            kind => Ok(Err(kind)),
         }
-        let mut data = Vec::new();
-        file.take(limit.saturating_add(1)).read_to_end(&mut data)?;
-        if data.len() as u64 > limit {
-            return Err(too_large(limit));
+    }
+
+    /// No boxed reader, and one buffer per thread, made once, where
+    /// `update_reader` zeroes 64 KiB on the stack for every file.
+    fn hash(&self, path: &Path) -> io::Result<blake3::Hash> {
+        thread_local! {
+            static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 * 1024]);
         }
-        Ok(data)
+        let mut file = File::open(path)?;
+        BUFFER.with_borrow_mut(|buffer| {
+            let mut hasher = blake3::Hasher::new();
+            loop {
+                match file.read(buffer) {
+                    Ok(0) => return Ok(hasher.finalize()),
+                    Ok(n) => {
+                        hasher.update(&buffer[..n]);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        })
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
@@ -159,16 +213,7 @@ impl FileSystem for RealFs {
 
     fn stat(&self, path: &Path) -> io::Result<Stat> {
         let meta = fs::symlink_metadata(path)?;
-        let ft = meta.file_type();
-        let kind = if ft.is_symlink() {
-            EntryKind::Symlink
-        } else if ft.is_dir() {
-            EntryKind::Dir
-        } else if ft.is_file() {
-            EntryKind::File
-        } else {
-            EntryKind::Other
-        };
+        let kind = kind_of(meta.file_type());
         let mtime_ns = meta
             .modified()
             .ok()
@@ -199,15 +244,19 @@ impl FileSystem for RealFs {
         Ok(names)
     }
 
-    fn read_link(&self, path: &Path) -> io::Result<PathBuf> {
-        fs::read_link(path)
+    fn read_dir_streamed<'a>(&'a self, path: &Path) -> io::Result<Names<'a>> {
+        Ok(Box::new(fs::read_dir(path)?.map(|entry| {
+            entry?.file_name().into_string().map_err(|raw| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a file name that is not UTF-8: {raw:?}"),
+                )
+            })
+        })))
     }
 
-    /// Without the boxed reader of the default: no allocation per file.
-    fn hash(&self, path: &Path) -> io::Result<blake3::Hash> {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(File::open(path)?)?;
-        Ok(hasher.finalize())
+    fn read_link(&self, path: &Path) -> io::Result<PathBuf> {
+        fs::read_link(path)
     }
 }
 
@@ -286,6 +335,34 @@ pub(crate) fn remove_entry(fs: &dyn FileSystem, path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
     }
+}
+
+fn kind_of(ft: fs::FileType) -> EntryKind {
+    if ft.is_symlink() {
+        EntryKind::Symlink
+    } else if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File
+    } else {
+        EntryKind::Other
+    }
+}
+
+/// Reads an open file that `fstat` says has `len` bytes, refusing one of
+/// more than `limit` before reading any of it (and one that grew past it
+/// since). Sized to `len`, so a file that has not changed takes one read
+/// and one that finds its end.
+fn read_limited(file: File, len: u64, limit: u64) -> io::Result<Vec<u8>> {
+    if len > limit {
+        return Err(too_large(limit));
+    }
+    let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0).saturating_add(1));
+    file.take(limit.saturating_add(1)).read_to_end(&mut data)?;
+    if data.len() as u64 > limit {
+        return Err(too_large(limit));
+    }
+    Ok(data)
 }
 
 /// The names in `dir`, as [`FileSystem::read_dir`] gives them; none when

@@ -63,8 +63,9 @@ impl Run {
 
     /// The items of the family `name` that have a marker, each with its
     /// item and its marker checked as [`StepState::marker`] checks it
-    /// (outputs hashed). Streamed: a family of a million items is never
-    /// held in memory at once.
+    /// (outputs hashed). Streamed, in no set order (sort them if order
+    /// matters): a family of a million items is listed in the memory of
+    /// one.
     ///
     /// ```
     /// let tmp = tempfile::tempdir()?;

@@ -230,21 +230,24 @@ impl StepStore for LocalStore {
         let family = self.layout.family_markers(name);
         let buckets = list_or_empty(self.fs(), &family)?;
         let name = name.to_owned();
-        // One bucket's listing in memory at a time.
+        // At most 256 bucket names, and each bucket streamed: the listing
+        // holds one entry at a time, however many items the family has.
         Ok(Box::new(buckets.into_iter().flat_map(move |bucket| {
             let dir = family.join(&bucket);
-            let ids: Vec<Result<StepId, RunError>> = match list_or_empty(self.fs(), &dir) {
-                Err(e) => vec![Err(e)],
-                Ok(entries) => entries
-                    .iter()
-                    .filter(|n| !is_temp(n))
-                    .filter_map(|n| item_marker(n))
-                    .filter(|id| id.starts_with(bucket.as_str()))
-                    .filter_map(|id| StepId::from_parts(&name, Some(id)))
-                    .map(Ok)
-                    .collect(),
+            let entries = match self.fs().read_dir_streamed(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Box::new(std::iter::empty()),
+                Err(e) => Box::new(std::iter::once(Err(e))),
             };
-            ids
+            let name = name.clone();
+            entries.filter_map(move |entry| match entry {
+                Err(e) => Some(Err(RunError::io("list", &dir, e))),
+                Ok(n) if is_temp(&n) => None,
+                Ok(n) => item_marker(&n)
+                    .filter(|id| id.starts_with(bucket.as_str()))
+                    .and_then(|id| StepId::from_parts(&name, Some(id)))
+                    .map(Ok),
+            })
         })))
     }
 

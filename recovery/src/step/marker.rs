@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::RunError;
-use crate::fs::{EntryKind, FileSystem};
+use crate::fs::FileSystem;
 use crate::step::store::{MarkerVersion, StoredMarker};
 
 /// The marker format this version writes and reads.
@@ -232,22 +232,15 @@ pub(crate) fn load(fs: &dyn FileSystem, path: &Path) -> StoredMarker {
         reason,
         version: MarkerVersion::new(format!("unreadable: {what}")),
     };
-    match fs.stat(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return StoredMarker::Missing,
-        Err(e) => return unreadable(format!("the marker cannot be read ({e})"), "error"),
-        Ok(stat) if stat.kind != EntryKind::File => {
-            return unreadable(
-                format!("the marker is not a regular file (a {:?})", stat.kind),
-                &format!("{:?}", stat.kind),
-            );
-        }
-        Ok(_) => {}
-    }
-    match fs.read(path, MARKER_LIMIT) {
-        Ok(bytes) => StoredMarker::Found {
+    match fs.read_regular(path, MARKER_LIMIT) {
+        Ok(Ok(bytes)) => StoredMarker::Found {
             version: MarkerVersion::of_content(&bytes),
             bytes,
         },
+        Ok(Err(kind)) => unreadable(
+            format!("the marker is not a regular file (a {kind:?})"),
+            &format!("{kind:?}"),
+        ),
         Err(e) if e.kind() == io::ErrorKind::NotFound => StoredMarker::Missing,
         Err(e) => unreadable(format!("the marker cannot be read ({e})"), "error"),
     }

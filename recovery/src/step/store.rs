@@ -280,8 +280,9 @@ pub trait StepStore: Send + Sync + fmt::Debug + 'static {
     /// sorted.
     fn families(&self) -> Result<Vec<String>, RunError>;
 
-    /// The items of the family `name` that have a marker, streamed: a
-    /// family of a million items is never held in memory at once.
+    /// The items of the family `name` that have a marker, streamed in no
+    /// set order: a family of a million items is never held in memory at
+    /// once.
     fn marked_items<'a>(&'a self, name: &str) -> Result<ItemIds<'a>, RunError>;
 
     /// Publishes the staged outputs where a reader of a marker finds them.

@@ -32,7 +32,7 @@ mod families;
 
 use clap::{Parser, Subcommand};
 use recovery::marker::{MarkerState, Verify};
-use recovery::{Event, IssueCode, IssueRecord, Run, RunError};
+use recovery::{Event, IssueCode, IssueRecord, Run, RunError, StepState};
 
 #[derive(Parser)]
 #[command(
@@ -247,9 +247,7 @@ fn run(command: Command, store: Option<&str>) -> Result<ExitCode, CliError> {
                     if run.steps()?.contains(&step) {
                         states.push(run.step(&step)?);
                     }
-                    for entry in run.items(&step)? {
-                        states.push(entry?.state);
-                    }
+                    states.extend(family_states(run, &step)?);
                     states
                 }
                 (None, false) => vec![run.step(&step)?],
@@ -494,6 +492,18 @@ fn status(run: &Run, items: bool, json: bool) -> Result<ExitCode, CliError> {
     })
 }
 
+/// The items of a family, in the order of their ids: `run.items` streams
+/// them in directory order, which differs between file systems, and what
+/// the CLI prints should not.
+fn family_states(run: &Run, family: &str) -> Result<Vec<StepState>, CliError> {
+    let mut states = Vec::new();
+    for entry in run.items(family)? {
+        states.push(entry?.state);
+    }
+    states.sort_by(|a, b| a.id().item_id().cmp(&b.id().item_id()));
+    Ok(states)
+}
+
 fn verify(run: &Run, json: bool) -> Result<ExitCode, CliError> {
     let (mut steps, mut outputs, mut bad) = (0, 0, 0);
     // Plain steps, then every item of every family: the library's own
@@ -503,9 +513,7 @@ fn verify(run: &Run, json: bool) -> Result<ExitCode, CliError> {
         states.push(run.step(&name)?);
     }
     for family in run.families()? {
-        for entry in run.items(&family)? {
-            states.push(entry?.state);
-        }
+        states.extend(family_states(run, &family)?);
     }
     for step in states {
         let (state, detail) = match step.read_marker() {
