@@ -58,7 +58,9 @@ pub struct MarkerVersion(Token);
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Token {
     Text(String),
-    Content(blake3::Hash),
+    /// The marker's bytes themselves: copying a small marker costs less
+    /// than hashing it, and compares as exactly.
+    Content(Vec<u8>),
 }
 
 impl MarkerVersion {
@@ -67,10 +69,11 @@ impl MarkerVersion {
         MarkerVersion(Token::Text(token.into()))
     }
 
-    /// The version of a marker with these bytes: their BLAKE3 (no
-    /// allocation, so reading a marker for a resume check stays cheap).
+    /// The version of a marker with these bytes (a copy of them, cheaper
+    /// than their hash for a marker's few hundred bytes, so reading a
+    /// marker for a resume check stays cheap).
     pub fn of_content(bytes: &[u8]) -> Self {
-        MarkerVersion(Token::Content(blake3::hash(bytes)))
+        MarkerVersion(Token::Content(bytes.to_vec()))
     }
 
     /// The store's own token, for a version made by [`new`](Self::new).
@@ -86,7 +89,7 @@ impl fmt::Display for MarkerVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             Token::Text(token) => f.write_str(token),
-            Token::Content(hash) => write!(f, "blake3:{}", hash.to_hex()),
+            Token::Content(bytes) => write!(f, "blake3:{}", blake3::hash(bytes).to_hex()),
         }
     }
 }
