@@ -3,7 +3,9 @@
 //!   checked, output stat and BLAKE3) against reading each marker file,
 //!   stat-ing and hashing each output by hand;
 //! - committing items from 8 threads (a marker and one small output each)
-//!   against writing one file per item with one fsync each, from 8 threads.
+//!   against writing one file per item with one fsync each, from 8 threads,
+//!   and the same commits with their fsyncs skipped (the ceiling of any
+//!   group commit).
 //!
 //! `FAMILY_ITEMS` sets the family's size (default 100,000: building it
 //! takes about a minute).
@@ -114,6 +116,22 @@ fn commit_throughput(c: &mut Criterion) {
                 .path()
                 .join(format!("run-{}", round.fetch_add(1, Ordering::Relaxed)));
             let run = Run::open(&dir).unwrap();
+            on_eight_threads(BATCH, |i| commit_item(&run, i));
+        })
+    });
+    // The same commits with every fsync skipped: not durable, but the most
+    // any group commit of this layout (a marker file and a lock file per
+    // item) could reach, since group commit only shares the fsyncs.
+    g.bench_function("recovery_item_commits_unsynced", |b| {
+        b.iter(|| {
+            let dir = root.path().join(format!(
+                "unsynced-{}",
+                round.fetch_add(1, Ordering::Relaxed)
+            ));
+            let run = Run::builder(&dir)
+                .file_system(std::sync::Arc::new(recovery_suite::Unsynced))
+                .open()
+                .unwrap();
             on_eight_threads(BATCH, |i| commit_item(&run, i));
         })
     });

@@ -8,11 +8,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context as TaskContext, Poll, Waker};
 
-use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use recovery::fs::{EntryKind, FileSystem, Names, RealFs, Stat};
+use recovery::fs::RealFs;
 use recovery::marker::{self, MarkerState};
 use recovery::{Context, Fingerprint, RetryBudget, Run, VirtualClock, retryable};
 
@@ -249,64 +247,11 @@ fn resume_check_allocates_only_for_the_marker() {
     assert!(many <= 16, "{many} allocations beyond the marker read");
 }
 
-/// The real file system without its fsyncs: a family of tens of thousands
-/// of items is made in a second (durability is not what is measured here).
-#[derive(Debug)]
-struct Unsynced;
-
-impl FileSystem for Unsynced {
-    fn create_dir_all(&self, p: &Path) -> io::Result<()> {
-        RealFs.create_dir_all(p)
-    }
-    fn write(&self, p: &Path, d: &[u8]) -> io::Result<()> {
-        RealFs.write(p, d)
-    }
-    fn append(&self, p: &Path, d: &[u8]) -> io::Result<()> {
-        RealFs.append(p, d)
-    }
-    fn sync_file(&self, _: &Path) -> io::Result<()> {
-        Ok(())
-    }
-    fn sync_dir(&self, _: &Path) -> io::Result<()> {
-        Ok(())
-    }
-    fn rename(&self, f: &Path, t: &Path) -> io::Result<()> {
-        RealFs.rename(f, t)
-    }
-    fn remove_file(&self, p: &Path) -> io::Result<()> {
-        RealFs.remove_file(p)
-    }
-    fn remove_dir_all(&self, p: &Path) -> io::Result<()> {
-        RealFs.remove_dir_all(p)
-    }
-    fn read(&self, p: &Path, l: u64) -> io::Result<Vec<u8>> {
-        RealFs.read(p, l)
-    }
-    fn read_regular(&self, p: &Path, l: u64) -> io::Result<Result<Vec<u8>, EntryKind>> {
-        RealFs.read_regular(p, l)
-    }
-    fn open(&self, p: &Path) -> io::Result<Box<dyn io::Read + Send>> {
-        RealFs.open(p)
-    }
-    fn stat(&self, p: &Path) -> io::Result<Stat> {
-        RealFs.stat(p)
-    }
-    fn read_dir(&self, p: &Path) -> io::Result<Vec<String>> {
-        RealFs.read_dir(p)
-    }
-    fn read_dir_streamed<'a>(&'a self, p: &Path) -> io::Result<Names<'a>> {
-        RealFs.read_dir_streamed(p)
-    }
-    fn read_link(&self, p: &Path) -> io::Result<PathBuf> {
-        RealFs.read_link(p)
-    }
-}
-
 /// The heap `run.items` holds while going over a family of `n` items.
 fn items_listing_peak(n: u32) -> usize {
     let tmp = tempfile::tempdir().unwrap();
     let run = Run::builder(tmp.path())
-        .file_system(Arc::new(Unsynced))
+        .file_system(Arc::new(recovery_suite::Unsynced))
         .open()
         .unwrap();
     std::thread::scope(|s| {

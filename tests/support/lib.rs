@@ -11,6 +11,9 @@ pub mod simfs;
 pub mod store_contract;
 pub mod storm;
 pub mod tcp_proxy;
+pub mod unsynced;
+
+pub use unsynced::Unsynced;
 
 /// An error whose transience is scripted by the test.
 #[derive(Debug, Clone, PartialEq, Eq)]
