@@ -166,11 +166,11 @@ fn a_marker_of_another_format() {
     let text = std::fs::read_to_string(marker_path(&run)).unwrap();
     // Older (0): not ours to read; rerun.
     assert_eq!(
-        with_marker(text.replace("\"format\": 1", "\"format\": 0").as_bytes()),
+        with_marker(text.replace("\"format\":1", "\"format\":0").as_bytes()),
         Ok(1)
     );
     // Newer: an error that says so, not a silent rerun.
-    let err = with_marker(text.replace("\"format\": 1", "\"format\": 2").as_bytes()).unwrap_err();
+    let err = with_marker(text.replace("\"format\":1", "\"format\":2").as_bytes()).unwrap_err();
     assert!(
         err.contains("newer") && err.contains("victim.json"),
         "{err}"

@@ -182,7 +182,10 @@ fn a_flipped_byte_in_the_marker_reruns_the_step() {
         let p = d.join("state/steps/build.json");
         let mut bytes = std::fs::read(&p).unwrap();
         // Inside the recorded value: still valid JSON, different meaning.
-        let at = bytes.windows(8).position(|w| w == b"\"files\":").unwrap() + 9;
+        let mut at = bytes.windows(8).position(|w| w == b"\"files\":").unwrap() + 8;
+        while bytes[at] == b' ' {
+            at += 1;
+        }
         bytes[at] ^= 0x01; // 2 -> 3
         std::fs::write(&p, bytes).unwrap();
     });
@@ -207,7 +210,7 @@ fn a_marker_of_a_newer_format_is_an_error_not_a_rerun() {
     build(&run, "src", 3, &mut runs).unwrap();
     let p = f.dir.join("state/steps/build.json");
     let text = std::fs::read_to_string(&p).unwrap();
-    std::fs::write(&p, text.replace("\"format\": 1", "\"format\": 9")).unwrap();
+    std::fs::write(&p, text.replace("\"format\":1", "\"format\":9")).unwrap();
     let err = build(&run, "src", 3, &mut runs).unwrap_err();
     assert!(err.to_string().contains("newer"), "{err}");
     assert_eq!(runs, 1, "the body did not run");

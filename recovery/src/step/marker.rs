@@ -7,10 +7,12 @@
 //! checksum of itself. It counts only if it parses, its checksum holds, its
 //! fingerprint matches and every output in the manifest is intact.
 
+use std::borrow::Cow;
 use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::error::RunError;
 use crate::fs::FileSystem;
@@ -102,11 +104,24 @@ pub struct Marker {
     pub completed_at_ms: u64,
 }
 
-#[derive(Serialize, Deserialize)]
+/// A marker file, parsed whole: how markers that do not read the fast way
+/// (written pretty by an earlier version, or damaged) are judged.
+#[derive(Deserialize)]
 struct MarkerFile {
     /// `blake3:` and the hash of the compact JSON of `marker`.
     checksum: String,
     marker: Marker,
+}
+
+/// A marker file with its `marker` left as the text it is in the file, so
+/// that the checksum is taken of those bytes, not of the marker written
+/// out again.
+#[derive(Deserialize)]
+struct RawMarkerFile<'a> {
+    #[serde(borrow)]
+    checksum: Cow<'a, str>,
+    #[serde(borrow)]
+    marker: &'a RawValue,
 }
 
 /// What a marker on disk says.
@@ -128,10 +143,6 @@ fn content_hash(marker: &Marker) -> Result<blake3::Hash, serde_json::Error> {
     Ok(hasher.finalize())
 }
 
-fn checksum(marker: &Marker) -> Result<String, serde_json::Error> {
-    Ok(format!("blake3:{}", content_hash(marker)?.to_hex()))
-}
-
 /// Whether `recorded` (`blake3:<hex>`) is the checksum of `marker`.
 fn checksum_holds(marker: &Marker, recorded: &str) -> bool {
     match (recorded.strip_prefix("blake3:"), content_hash(marker)) {
@@ -140,14 +151,18 @@ fn checksum_holds(marker: &Marker, recorded: &str) -> bool {
     }
 }
 
-/// The bytes of a marker file.
+/// The bytes of a marker file: the checksum, then the marker as the compact
+/// JSON the checksum is taken of, so that a reader hashes the marker's
+/// bytes as they stand.
 pub fn encode(marker: &Marker) -> Result<Vec<u8>, serde_json::Error> {
-    let file = MarkerFile {
-        checksum: checksum(marker)?,
-        marker: marker.clone(),
-    };
-    let mut bytes = serde_json::to_vec_pretty(&file)?;
-    bytes.push(b'\n');
+    let compact = serde_json::to_vec(marker)?;
+    let hash = blake3::hash(&compact);
+    let mut bytes = Vec::with_capacity(compact.len() + 112);
+    bytes.extend_from_slice(b"{\n  \"checksum\": \"blake3:");
+    bytes.extend_from_slice(hash.to_hex().as_bytes());
+    bytes.extend_from_slice(b"\",\n  \"marker\": ");
+    bytes.extend_from_slice(&compact);
+    bytes.extend_from_slice(b"\n}\n");
     Ok(bytes)
 }
 
@@ -155,10 +170,19 @@ pub fn encode(marker: &Marker) -> Result<Vec<u8>, serde_json::Error> {
 /// newer program wrote it; rerunning would discard its work); anything else
 /// that does not hold is `Invalid` with the reason.
 pub fn decode(bytes: &[u8], path: &Path) -> Result<MarkerState, RunError> {
-    // The common case in one pass: a marker that parses as one. Anything
-    // else takes the slow path below, which says what is wrong.
-    if let Ok(file) = serde_json::from_slice::<MarkerFile>(bytes) {
-        return judge(file, path);
+    // The common case in one pass: the marker's text hashed as it stands,
+    // then parsed. A marker written otherwise (pretty, by an earlier
+    // version) is hashed as the compact JSON of what it says; anything
+    // that does not parse takes the slow path below, which says what is
+    // wrong.
+    if let Ok(raw) = serde_json::from_slice::<RawMarkerFile<'_>>(bytes)
+        && let Ok(marker) = serde_json::from_str::<Marker>(raw.marker.get())
+    {
+        return judge(marker, path, |m| {
+            raw.checksum.strip_prefix("blake3:").is_some_and(|hex| {
+                blake3::hash(raw.marker.get().as_bytes()).to_hex().as_str() == hex
+            }) || checksum_holds(m, &raw.checksum)
+        });
     }
     let raw: serde_json::Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
@@ -179,31 +203,35 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<MarkerState, RunError> {
             supported: MARKER_FORMAT,
         });
     }
-    match serde_json::from_value(raw) {
-        Ok(file) => judge(file, path),
+    match serde_json::from_value::<MarkerFile>(raw) {
+        Ok(file) => judge(file.marker, path, |m| checksum_holds(m, &file.checksum)),
         Err(e) => Ok(MarkerState::Invalid(format!(
             "the marker's fields do not parse ({e})"
         ))),
     }
 }
 
-/// A parsed marker file: its format, then its checksum.
-fn judge(file: MarkerFile, path: &Path) -> Result<MarkerState, RunError> {
-    if file.marker.format > MARKER_FORMAT {
+/// A parsed marker: its format, then its checksum (`holds`).
+fn judge(
+    marker: Marker,
+    path: &Path,
+    holds: impl FnOnce(&Marker) -> bool,
+) -> Result<MarkerState, RunError> {
+    if marker.format > MARKER_FORMAT {
         return Err(RunError::NewerMarker {
             path: path.to_owned(),
-            found: u64::from(file.marker.format),
+            found: u64::from(marker.format),
             supported: MARKER_FORMAT,
         });
     }
-    if file.marker.format != MARKER_FORMAT {
+    if marker.format != MARKER_FORMAT {
         return Ok(MarkerState::Invalid(format!(
             "the marker has format {}, this program reads {MARKER_FORMAT}",
-            file.marker.format
+            marker.format
         )));
     }
-    if checksum_holds(&file.marker, &file.checksum) {
-        Ok(MarkerState::Valid(file.marker))
+    if holds(&marker) {
+        Ok(MarkerState::Valid(marker))
     } else {
         Ok(MarkerState::Invalid(
             "the marker's checksum does not match its content".into(),
@@ -282,6 +310,42 @@ mod tests {
             MarkerState::Valid(m) => assert_eq!(m, marker()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_checksum_is_of_the_marker_text_as_it_stands() {
+        let bytes = encode(&marker()).unwrap();
+        let raw: RawMarkerFile<'_> = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(raw.marker.get(), serde_json::to_string(&marker()).unwrap());
+        assert_eq!(
+            raw.checksum,
+            format!(
+                "blake3:{}",
+                blake3::hash(raw.marker.get().as_bytes()).to_hex()
+            )
+        );
+    }
+
+    /// What versions before the checksum was taken of the file's text
+    /// wrote: the whole file pretty, the checksum of the compact JSON.
+    fn written_pretty(m: &Marker, checksum: &str) -> Vec<u8> {
+        serde_json::to_vec_pretty(&serde_json::json!({ "checksum": checksum, "marker": m }))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_marker_written_pretty_by_an_earlier_version_still_holds() {
+        let sum = format!("blake3:{}", content_hash(&marker()).unwrap().to_hex());
+        match decoded(&written_pretty(&marker(), &sum)) {
+            MarkerState::Valid(m) => assert_eq!(m, marker()),
+            other => panic!("{other:?}"),
+        }
+        let mut other = marker();
+        other.outputs[0].size = 4;
+        assert!(matches!(
+            decoded(&written_pretty(&other, &sum)),
+            MarkerState::Invalid(_)
+        ));
     }
 
     #[test]
