@@ -158,23 +158,43 @@ pub fn encode(marker: &Marker) -> Result<Vec<u8>, serde_json::Error> {
     let compact = serde_json::to_vec(marker)?;
     let hash = blake3::hash(&compact);
     let mut bytes = Vec::with_capacity(compact.len() + 112);
-    bytes.extend_from_slice(b"{\n  \"checksum\": \"blake3:");
+    bytes.extend_from_slice(HEAD);
     bytes.extend_from_slice(hash.to_hex().as_bytes());
-    bytes.extend_from_slice(b"\",\n  \"marker\": ");
+    bytes.extend_from_slice(MIDDLE);
     bytes.extend_from_slice(&compact);
-    bytes.extend_from_slice(b"\n}\n");
+    bytes.extend_from_slice(TAIL);
     Ok(bytes)
+}
+
+/// What [`encode`] writes around the checksum's hex and the marker's text.
+const HEAD: &[u8] = b"{\n  \"checksum\": \"blake3:";
+const MIDDLE: &[u8] = b"\",\n  \"marker\": ";
+const TAIL: &[u8] = b"\n}\n";
+
+/// The checksum's hex and the marker's text of a file laid out exactly as
+/// [`encode`] writes it, found without parsing the file.
+fn as_written(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (hex, rest) = bytes.strip_prefix(HEAD)?.split_at_checked(64)?;
+    Some((hex, rest.strip_prefix(MIDDLE)?.strip_suffix(TAIL)?))
 }
 
 /// Parses and checks a marker file's bytes. A newer format is an error (a
 /// newer program wrote it; rerunning would discard its work); anything else
 /// that does not hold is `Invalid` with the reason.
 pub fn decode(bytes: &[u8], path: &Path) -> Result<MarkerState, RunError> {
-    // The common case in one pass: the marker's text hashed as it stands,
-    // then parsed. A marker written otherwise (pretty, by an earlier
-    // version) is hashed as the compact JSON of what it says; anything
-    // that does not parse takes the slow path below, which says what is
-    // wrong.
+    // The common case: a file laid out as `encode` writes it, whose
+    // marker text hashes to its checksum, is parsed once, the marker text
+    // alone. Any other layout is parsed whole: the marker's text hashed as
+    // it stands, or, written pretty by an earlier version, as the compact
+    // JSON of what it says; anything that does not parse takes the slow
+    // path below, which says what is wrong.
+    if let Some((hex, text)) = as_written(bytes)
+        && blake3::hash(text).to_hex().as_bytes() == hex
+        && let Ok(text) = std::str::from_utf8(text)
+        && let Ok(marker) = serde_json::from_str::<Marker>(text)
+    {
+        return judge(marker, path, |_| true);
+    }
     if let Ok(raw) = serde_json::from_slice::<RawMarkerFile<'_>>(bytes)
         && let Ok(marker) = serde_json::from_str::<Marker>(raw.marker.get())
     {
@@ -317,6 +337,13 @@ mod tests {
         let bytes = encode(&marker()).unwrap();
         let raw: RawMarkerFile<'_> = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(raw.marker.get(), serde_json::to_string(&marker()).unwrap());
+        // The reader's fast path finds the same two parts without parsing.
+        let (hex, text) = as_written(&bytes).unwrap();
+        assert_eq!(text, raw.marker.get().as_bytes());
+        assert_eq!(
+            raw.checksum.strip_prefix("blake3:").unwrap().as_bytes(),
+            hex
+        );
         assert_eq!(
             raw.checksum,
             format!(
