@@ -3,9 +3,9 @@
 //!   checked, output stat and BLAKE3) against reading each marker file,
 //!   stat-ing and hashing each output by hand;
 //! - committing items from 8 threads (a marker and one small output each)
-//!   against writing one file per item with one fsync each, from 8 threads,
-//!   and the same commits with their fsyncs skipped (the ceiling of any
-//!   group commit).
+//!   against writing one file per item with one fsync each, from 8 threads
+//!   and from one, and the same commits with their fsyncs skipped (the
+//!   ceiling of any group commit of this layout).
 //!
 //! `FAMILY_ITEMS` sets the family's size (default 100,000: building it
 //! takes about a minute).
@@ -108,6 +108,17 @@ fn commit_throughput(c: &mut Criterion) {
                 .join(format!("bare-{}", round.fetch_add(1, Ordering::Relaxed)));
             std::fs::create_dir_all(&dir).unwrap();
             on_eight_threads(BATCH, |i| bare_write(&dir, i));
+        })
+    });
+    // One thread: the latency of one durable write, which a commit that
+    // returns only once its item is durable must wait for at least once.
+    g.bench_function("bare_file_fsync_one_thread", |b| {
+        b.iter(|| {
+            let dir = root
+                .path()
+                .join(format!("bare1-{}", round.fetch_add(1, Ordering::Relaxed)));
+            std::fs::create_dir_all(&dir).unwrap();
+            (0..BATCH).for_each(|i| bare_write(&dir, i));
         })
     });
     g.bench_function("recovery_item_commits", |b| {
