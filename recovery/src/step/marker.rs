@@ -178,6 +178,11 @@ fn as_written(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((hex, rest.strip_prefix(MIDDLE)?.strip_suffix(TAIL)?))
 }
 
+/// Whether the BLAKE3 of `bytes` is `hex`.
+fn hashes_to(bytes: &[u8], hex: &[u8]) -> bool {
+    blake3::hash(bytes).to_hex().as_bytes() == hex
+}
+
 /// Parses and checks a marker file's bytes. A newer format is an error (a
 /// newer program wrote it; rerunning would discard its work); anything else
 /// that does not hold is `Invalid` with the reason.
@@ -189,7 +194,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<MarkerState, RunError> {
     // JSON of what it says; anything that does not parse takes the slow
     // path below, which says what is wrong.
     if let Some((hex, text)) = as_written(bytes)
-        && blake3::hash(text).to_hex().as_bytes() == hex
+        && hashes_to(text, hex)
         && let Ok(text) = std::str::from_utf8(text)
         && let Ok(marker) = serde_json::from_str::<Marker>(text)
     {
@@ -199,9 +204,10 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<MarkerState, RunError> {
         && let Ok(marker) = serde_json::from_str::<Marker>(raw.marker.get())
     {
         return judge(marker, path, |m| {
-            raw.checksum.strip_prefix("blake3:").is_some_and(|hex| {
-                blake3::hash(raw.marker.get().as_bytes()).to_hex().as_str() == hex
-            }) || checksum_holds(m, &raw.checksum)
+            raw.checksum
+                .strip_prefix("blake3:")
+                .is_some_and(|hex| hashes_to(raw.marker.get().as_bytes(), hex.as_bytes()))
+                || checksum_holds(m, &raw.checksum)
         });
     }
     let raw: serde_json::Value = match serde_json::from_slice(bytes) {
@@ -371,6 +377,27 @@ mod tests {
         other.outputs[0].size = 4;
         assert!(matches!(
             decoded(&written_pretty(&other, &sum)),
+            MarkerState::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn a_marker_laid_out_otherwise_holds_by_its_text_as_it_stands() {
+        // Keys in another order, spaces in the marker's text: the checksum
+        // is of that text, not of what this program would write.
+        let text = serde_json::to_string(&marker())
+            .unwrap()
+            .replace(",\"", ", \"");
+        let sum = blake3::hash(text.as_bytes()).to_hex();
+        let file = format!("{{\"marker\": {text}, \"checksum\": \"blake3:{sum}\"}}");
+        match decoded(file.as_bytes()) {
+            MarkerState::Valid(m) => assert_eq!(m, marker()),
+            other => panic!("{other:?}"),
+        }
+        let changed = file.replace("\"size\":3", "\"size\":4");
+        assert_ne!(changed, file);
+        assert!(matches!(
+            decoded(changed.as_bytes()),
             MarkerState::Invalid(_)
         ));
     }
