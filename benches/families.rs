@@ -100,13 +100,20 @@ fn commit_throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("family_commit");
     g.sample_size(10);
     g.throughput(Throughput::Elements(u64::from(BATCH)));
+    // Each iteration writes into a directory of its own.
     let round = AtomicU64::new(0);
+    let fresh = |kind: &str| {
+        let n = round.fetch_add(1, Ordering::Relaxed);
+        root.path().join(format!("{kind}-{n}"))
+    };
+    let bare_dir = |kind: &str| {
+        let dir = fresh(kind);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    };
     g.bench_function("bare_file_fsync_per_item", |b| {
         b.iter(|| {
-            let dir = root
-                .path()
-                .join(format!("bare-{}", round.fetch_add(1, Ordering::Relaxed)));
-            std::fs::create_dir_all(&dir).unwrap();
+            let dir = bare_dir("bare");
             on_eight_threads(BATCH, |i| bare_write(&dir, i));
         })
     });
@@ -114,19 +121,13 @@ fn commit_throughput(c: &mut Criterion) {
     // returns only once its item is durable must wait for at least once.
     g.bench_function("bare_file_fsync_one_thread", |b| {
         b.iter(|| {
-            let dir = root
-                .path()
-                .join(format!("bare1-{}", round.fetch_add(1, Ordering::Relaxed)));
-            std::fs::create_dir_all(&dir).unwrap();
+            let dir = bare_dir("bare1");
             (0..BATCH).for_each(|i| bare_write(&dir, i));
         })
     });
     g.bench_function("recovery_item_commits", |b| {
         b.iter(|| {
-            let dir = root
-                .path()
-                .join(format!("run-{}", round.fetch_add(1, Ordering::Relaxed)));
-            let run = Run::open(&dir).unwrap();
+            let run = Run::open(fresh("run")).unwrap();
             on_eight_threads(BATCH, |i| commit_item(&run, i));
         })
     });
@@ -135,11 +136,7 @@ fn commit_throughput(c: &mut Criterion) {
     // item) could reach, since group commit only shares the fsyncs.
     g.bench_function("recovery_item_commits_unsynced", |b| {
         b.iter(|| {
-            let dir = root.path().join(format!(
-                "unsynced-{}",
-                round.fetch_add(1, Ordering::Relaxed)
-            ));
-            let run = Run::builder(&dir)
+            let run = Run::builder(fresh("unsynced"))
                 .file_system(std::sync::Arc::new(recovery_suite::Unsynced))
                 .open()
                 .unwrap();
