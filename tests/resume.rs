@@ -837,3 +837,35 @@ fn a_leftover_still_written_by_an_orphan_does_not_stop_the_run_from_opening() {
     Run::open(&dir).unwrap();
     assert!(!leftover.exists());
 }
+
+#[test]
+fn a_leftover_still_written_by_an_orphan_does_not_stop_its_step_from_running() {
+    // The same orphan, met when the step itself starts again: taking the
+    // step sweeps its earlier executions' staging, and what cannot be
+    // removed yet is left for later, not a reason to fail the step.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let run = Run::open(&dir).unwrap();
+    let leftover = dir.join("staging/clone@999999.0");
+    std::fs::create_dir_all(&leftover).unwrap();
+    let mut orphan = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("i=0; while :; do i=$((i+1)); : > \"$0/f$i\"; done")
+        .arg(&leftover)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let begun: Vec<String> = (0..5)
+        .map(|_| match run.step("clone").unwrap().begin() {
+            Ok(_) => "begun".to_owned(),
+            Err(e) => e.to_string(),
+        })
+        .collect();
+    orphan.kill().unwrap();
+    orphan.wait().unwrap();
+    assert!(begun.iter().all(|b| b == "begun"), "{begun:?}");
+    // Once the orphan is gone, the step's next start removes it.
+    let exec = run.step("clone").unwrap().begin().unwrap();
+    drop(exec);
+    assert!(!leftover.exists());
+}

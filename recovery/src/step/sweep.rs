@@ -49,7 +49,9 @@ impl Run {
     }
 
     /// Removes what earlier executions of `step` left in staging (a worker
-    /// killed inside the step). The caller holds the step's lease.
+    /// killed inside the step). The caller holds the step's lease. What
+    /// cannot be removed yet is left for later, as at open: the new
+    /// execution stages under a name of its own.
     pub(crate) fn sweep_step(&self, step: &StepId) -> Result<(), RunError> {
         let staging = self.layout().staging();
         let names = self
@@ -60,7 +62,8 @@ impl Run {
             .iter()
             .filter(|n| execution_step(n).as_ref() == Some(step))
         {
-            self.remove_execution_leftovers(name)?;
+            self.remove_execution_leftovers(name)
+                .or_else(left_for_later)?;
         }
         Ok(())
     }
