@@ -416,10 +416,30 @@ fn elided(a: &str) -> Result<&str, String> {
     Ok(a.trim())
 }
 
+#[retryable(max_attempts = 2, base = "1ms")]
+async fn lifetimes_async<'a, 'b: 'a>(a: &'a str, _b: &'b str) -> Result<&'a str, String> {
+    if a.is_empty() {
+        Err("empty".into())
+    } else {
+        Ok(a)
+    }
+}
+
+#[retryable(max_attempts = 2, base = "1ms")]
+async fn elided_async(a: &str, owned: String) -> Result<&str, String> {
+    Ok(a.trim_start_matches(owned.as_str()))
+}
+
 #[test]
 fn lifetimes_named_and_elided() {
     assert_eq!(lifetimes("x", "y"), Ok("x"));
     assert_eq!(elided(" y "), Ok("y"));
+}
+
+#[tokio::test]
+async fn lifetimes_named_and_elided_in_async_fns() {
+    assert_eq!(lifetimes_async("x", "y").await, Ok("x"));
+    assert_eq!(elided_async("--y", "-".into()).await, Ok("y"));
 }
 
 /// A user's own `Result` alias and a local module named `recovery` do not
@@ -531,6 +551,65 @@ fn async_retryable_futures_are_send() {
     };
     let fut = client.push(&[]);
     assert_send(&fut);
+}
+
+/// An error that is not `Send` lives only until the retry decides, never
+/// across the sleep, so the future stays `Send`.
+#[retryable(max_attempts = 3, base = "1ms")]
+async fn rc_error(calls: &mut u32) -> Result<u32, std::rc::Rc<str>> {
+    *calls += 1;
+    if *calls < 3 {
+        return Err(format!("attempt {calls} down").into());
+    }
+    Ok(*calls)
+}
+
+#[tokio::test]
+async fn a_non_send_error_does_not_make_the_future_non_send() {
+    let h = harness();
+    let mut calls = 0;
+    let fut = rc_error(&mut calls).with_context(h.ctx.clone());
+    assert_send(&fut);
+    assert_eq!(fut.await.ok(), Some(3));
+    assert_eq!(h.clock.slept(), [MS, 2 * MS]);
+}
+
+/// With one attempt allowed, the first is the last: a by-value argument is
+/// handed over as passed, never cloned.
+#[derive(Debug)]
+struct CountsClones(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl Clone for CountsClones {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CountsClones(self.0.clone())
+    }
+}
+
+#[retryable(max_attempts = 1)]
+async fn once(arg: CountsClones) -> Result<u32, String> {
+    Ok(arg.0.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+#[retryable(max_attempts = 2, base = "1ms")]
+async fn twice(arg: CountsClones, fail_first: &mut bool) -> Result<u32, String> {
+    if std::mem::take(fail_first) {
+        return Err("first down".into());
+    }
+    Ok(arg.0.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+#[tokio::test]
+async fn async_arguments_are_cloned_only_for_attempts_before_the_last() {
+    let h = harness();
+    let clones = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let r = once(CountsClones(clones.clone())).with_context(h.ctx.clone());
+    assert_eq!(r.await, Ok(0));
+    // Two attempts allowed: the first gets a clone, the last the original.
+    let mut fail_first = true;
+    let r = twice(CountsClones(clones.clone()), &mut fail_first).with_context(h.ctx.clone());
+    assert_eq!(r.await, Ok(1));
+    assert_eq!(clones.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 mod any_error_type {

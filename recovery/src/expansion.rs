@@ -64,6 +64,14 @@ pub fn attempt_future<T, F: core::future::Future<Output = T>>(future: F) -> F {
     future
 }
 
+/// Runs `f` out of line: what a failed attempt does (classify, describe,
+/// decide) stays out of the code a call that succeeds runs through.
+#[cold]
+#[inline(never)]
+pub fn cold_path<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// The error as the text that events and issue records carry, chosen at
 /// the expansion site by autoref specialization: its `Display` where it
 /// has one, else its `Debug`, else its type's name. No trait bound.

@@ -60,6 +60,9 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
                         __recovery_retrier.slept(),
                     );
                 },
+                captures: quote! {
+                    let __recovery_step_run: &#p::Run = &__recovery_step_run;
+                },
             };
             match crate::retryable::generate_fn(&retry_args, func, Some(&hooks)) {
                 Ok(f) => func = f,

@@ -1,9 +1,9 @@
 //! The code `#[retryable]` writes: the function keeps its signature and runs
 //! its body in a loop. Each attempt gets fresh by-value arguments (clones;
 //! the original on the last attempt) and fresh reborrows of `&mut`
-//! arguments, and runs the body in a closure (sync) or an `async` block
-//! awaited at once, so `return` and `?` end just that attempt. No `Box`, no
-//! allocation, no `FnMut`.
+//! arguments, and runs the body in a closure (sync) or an async closure
+//! (async), so `return` and `?` end just that attempt. No `Box`, no
+//! allocation until an attempt fails.
 
 use proc_macro2::TokenStream;
 use quote::{ToTokens, format_ident, quote};
@@ -81,6 +81,9 @@ pub struct StepHooks {
     pub before_retry: TokenStream,
     /// Tells the step how many attempts were made and how long they slept.
     pub on_give_up: TokenStream,
+    /// Rebinds what the hooks use so an async fn's loop of later attempts
+    /// (an `async move` block) takes it by reference.
+    pub captures: TokenStream,
 }
 
 /// The retrying function as a syntax tree (`#[resumable_step]` wraps its
@@ -119,14 +122,6 @@ pub fn generate_fn(
         };
     };
 
-    // An attempt's future owns what it uses (when nothing it uses must
-    // outlive it), so it carries its arguments inline rather than a
-    // pointer to each: the async happy path reads less back from memory.
-    let capture = if attempt_may_move(&func) {
-        quote!(move)
-    } else {
-        quote!()
-    };
     let Arguments { slots, binds } = rebind_arguments(&mut func, &p);
     let last = if slots.is_empty() {
         quote!()
@@ -153,35 +148,57 @@ pub fn generate_fn(
         let mut __recovery_retrier: #p::RetryState = #p::Default::default();
         #(#slots)*
     };
-    let (before_retry, on_give_up) = match hooks {
+    let (before_retry, before_each_retry, on_give_up, captures) = match hooks {
         Some(h) => {
             let before = &h.before_retry;
             (
                 quote!(if __recovery_retrier.failed_attempts() > 0 { #before }),
+                before.clone(),
                 h.on_give_up.clone(),
+                h.captures.clone(),
             )
         }
-        None => (quote!(), quote!()),
+        None => (quote!(), quote!(), quote!(), quote!()),
     };
     let attempt_args = quote!(#before_retry #last #(#binds)*);
-    // The error lives only inside the `Err` arm, so it is dropped before an
-    // async sleep: a `!Send` error cannot make the future `!Send`.
     let block = if func.sig.asyncness.is_some() {
+        // The first attempt runs with nothing else held across its await:
+        // the retry state and the sleep are made out of line once it has
+        // failed, and the loop of later attempts is a second future, made
+        // only then. Holding them from the start made a call that succeeds
+        // at once about 4 ns slower. The body is written once, as an async
+        // closure that owns the arguments and lends each attempt fresh
+        // clones and reborrows. The error never enters that second future
+        // and is dropped before any sleep: a `!Send` error cannot make the
+        // future `!Send` (results are matched as moved-out temporaries, as
+        // a local only moved out of by patterns counts as held across
+        // later awaits).
+        let decide = quote! {
+            #p::cold_path(|| {
+                let __recovery_decision = #classify;
+                #error_text
+                __recovery_retrier.retry_async((&__RECOVERY_POLICY, #name, #started), &__recovery_text, __recovery_decision)
+            })
+        };
         quote! {{
-            #prologue
-            loop {
-                #attempt_args
-                let __recovery_result = #p::attempt_future::<#ret, _>(async #capture #body).await;
-                let __recovery_sleep = match __recovery_result {
+            const __RECOVERY_POLICY: #p::RetryPolicy = #policy;
+            #start
+            #(#slots)*
+            #[allow(unused_mut)]
+            let mut __recovery_body = async move |__recovery_last: bool| -> #ret {
+                #(#binds)*
+                #body
+            };
+            let (mut __recovery_retrier, __recovery_sleep) =
+                match { __recovery_body(#p::RetryState::first_is_last(&__RECOVERY_POLICY)).await } {
                     #p::Ok(__recovery_value) => {
-                        __recovery_retrier.succeeded(&__RECOVERY_POLICY);
+                        #p::RetryState::first_succeeded(&__RECOVERY_POLICY);
                         return #p::Ok(__recovery_value);
                     }
                     #p::Err(__recovery_error) => {
-                        let __recovery_decision = #classify;
-                        #error_text
-                        match __recovery_retrier.retry_async((&__RECOVERY_POLICY, #name, #started), &__recovery_text, __recovery_decision) {
-                            #p::Some(__recovery_sleep) => __recovery_sleep,
+                        let mut __recovery_retrier: #p::RetryState = #p::Default::default();
+                        match #decide {
+                            #p::Some(__recovery_sleep) => (__recovery_retrier, __recovery_sleep),
                             #p::None => {
                                 #on_give_up
                                 return #p::Err(__recovery_error);
@@ -189,8 +206,28 @@ pub fn generate_fn(
                         }
                     }
                 };
-                __recovery_sleep.await;
-            }
+            #captures
+            return #p::attempt_future::<#ret, _>(async move {
+                let mut __recovery_sleep = __recovery_sleep;
+                loop {
+                    __recovery_sleep.await;
+                    #before_each_retry
+                    let __recovery_result = __recovery_body(__recovery_retrier.is_last_attempt(&__RECOVERY_POLICY)).await;
+                    __recovery_sleep = match { __recovery_result } {
+                        #p::Ok(__recovery_value) => {
+                            __recovery_retrier.succeeded(&__RECOVERY_POLICY);
+                            return #p::Ok(__recovery_value);
+                        }
+                        #p::Err(__recovery_error) => match #decide {
+                            #p::Some(__recovery_sleep) => __recovery_sleep,
+                            #p::None => {
+                                #on_give_up
+                                return #p::Err(__recovery_error);
+                            }
+                        },
+                    };
+                }
+            }).await;
         }}
     } else {
         quote! {{
@@ -216,30 +253,6 @@ pub fn generate_fn(
     };
     func.block = Box::new(syn::parse2(block)?);
     Ok(func)
-}
-
-/// Whether an attempt's `async` block may take its captures by value. Every
-/// by-value argument is bound afresh per attempt and every plain `&mut`
-/// argument reborrowed, so only a `&mut self` receiver (which cannot be
-/// reborrowed under the name `self`) or a `&mut` behind a pattern would be
-/// moved out for good by the first attempt.
-fn attempt_may_move(func: &ItemFn) -> bool {
-    func.sig.inputs.iter().all(|input| match input {
-        FnArg::Receiver(r) => match &r.kind {
-            ReceiverKind::Reference(_, _, mutability) => mutability.is_none(),
-            ReceiverKind::Typed(_, ty) => !is_mut_reference(ty),
-            _ => false,
-        },
-        FnArg::Typed(arg) => {
-            let simple =
-                matches!(&*arg.pat, Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none());
-            simple || !is_mut_reference(&arg.ty)
-        }
-    })
-}
-
-fn is_mut_reference(ty: &Type) -> bool {
-    matches!(ty, Type::Reference(r) if r.mutability.is_some())
 }
 
 struct Arguments {

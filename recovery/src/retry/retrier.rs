@@ -138,6 +138,20 @@ impl RetryState {
         self.failed_attempts() + 1 >= policy.attempts()
     }
 
+    /// Whether a call's first attempt is also its last (`max_attempts = 1`),
+    /// known before any state exists.
+    #[inline(always)]
+    pub fn first_is_last(policy: &RetryPolicy) -> bool {
+        RetryState::default().is_last_attempt(policy)
+    }
+
+    /// [`succeeded`](Self::succeeded) for a call whose first attempt
+    /// succeeded, with no state made: an async fn's future then holds none.
+    #[inline(always)]
+    pub fn first_succeeded(policy: &RetryPolicy) {
+        RetryState::default().succeeded(policy);
+    }
+
     /// See [`Retrier::succeeded`].
     #[inline(always)]
     pub fn succeeded(&self, policy: &RetryPolicy) {
