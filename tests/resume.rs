@@ -462,6 +462,51 @@ async fn a_failed_async_attempts_outputs_are_never_committed() {
     assert!(!marker.contains("partial.txt"), "{marker}");
 }
 
+/// The async form of a step that gives up: `fail_with` is the error every
+/// attempt returns.
+#[resumable_step("giving-up-async", key = permanent)]
+#[retryable(max_attempts = 3, base = "10ms", when = recovery::Classify::classify)]
+async fn giving_up_async(
+    run: &Run,
+    permanent: bool,
+    calls: Arc<Mutex<u32>>,
+) -> std::io::Result<u32> {
+    *calls.lock().unwrap() += 1;
+    run.write_output("partial.txt", b"half")?;
+    Err(if permanent {
+        std::io::ErrorKind::NotFound.into()
+    } else {
+        std::io::ErrorKind::ConnectionReset.into()
+    })
+}
+
+#[tokio::test]
+async fn an_async_step_that_gives_up_reports_its_attempts_and_sleep() {
+    // A permanent error on the first attempt (given up before any retry),
+    // then transient errors until the attempts run out.
+    for (permanent, attempts, slept_ns) in [(true, 1, 0), (false, 3, 30_000_000)] {
+        let f = fixture();
+        let run = Run::open(&f.dir).unwrap();
+        let ctx = Context::builder()
+            .virtual_time(&VirtualClock::new())
+            .build();
+        let calls = Arc::new(Mutex::new(0));
+        let r = giving_up_async(&run, permanent, calls.clone())
+            .with_context(ctx)
+            .await;
+        assert!(r.is_err());
+        assert_eq!(*calls.lock().unwrap(), attempts);
+        let issues = run.issues().unwrap().records;
+        let failed = issues
+            .iter()
+            .find(|i| i.error_code == IssueCode::StepFailed)
+            .unwrap_or_else(|| panic!("no STEP_FAILED in {issues:?}"));
+        assert_eq!((failed.attempts, failed.slept_ns), (attempts, slept_ns));
+        assert!(!f.dir.join("partial.txt").exists());
+        assert_eq!(std::fs::read_dir(f.dir.join("staging")).unwrap().count(), 0);
+    }
+}
+
 struct Pipeline {
     run: Run,
     pushed: Vec<u32>,
