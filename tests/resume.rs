@@ -462,8 +462,8 @@ async fn a_failed_async_attempts_outputs_are_never_committed() {
     assert!(!marker.contains("partial.txt"), "{marker}");
 }
 
-/// The async form of a step that gives up: `fail_with` is the error every
-/// attempt returns.
+/// The async form of a step that gives up: every attempt fails, with a
+/// permanent error (`NotFound`) or a transient one (`ConnectionReset`).
 #[resumable_step("giving-up-async", key = permanent)]
 #[retryable(max_attempts = 3, base = "10ms", when = recovery::Classify::classify)]
 async fn giving_up_async(
