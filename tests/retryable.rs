@@ -430,6 +430,40 @@ async fn elided_async(a: &str, owned: String) -> Result<&str, String> {
     Ok(a.trim_start_matches(owned.as_str()))
 }
 
+/// What the sync form accepts, in an async fn: generics with a `where`
+/// clause, an `impl Trait` argument taken by value, and a method that
+/// returns a borrow of `self`.
+#[retryable(max_attempts = 2, base = "1ms")]
+async fn generic_async<T>(item: T, measure: impl Fn(&T) -> usize + Clone) -> Result<usize, String>
+where
+    T: Clone + std::fmt::Debug,
+{
+    Ok(measure(&item))
+}
+
+struct Named {
+    name: String,
+}
+
+impl Named {
+    #[retryable(max_attempts = 2, base = "1ms")]
+    async fn name_of(&self, prefix: &str) -> Result<&str, String> {
+        self.name
+            .strip_prefix(prefix)
+            .ok_or_else(|| format!("no prefix {prefix}"))
+    }
+}
+
+#[tokio::test]
+async fn async_generics_impl_trait_and_borrows_of_self() {
+    assert_eq!(
+        generic_async(vec![1, 2, 3], |v: &Vec<i32>| v.len()).await,
+        Ok(3)
+    );
+    let n = Named { name: "x-y".into() };
+    assert_eq!(n.name_of("x-").await, Ok("y"));
+}
+
 #[test]
 fn lifetimes_named_and_elided() {
     assert_eq!(lifetimes("x", "y"), Ok("x"));
