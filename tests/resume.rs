@@ -857,6 +857,21 @@ fn an_output_directory_reached_through_a_symlink_is_refused() {
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
 
+/// A dead execution's staging directory in the run at `dir`, and a process
+/// (as a `git clone` left by a killed worker) that keeps writing into it.
+fn orphan_writing_into_a_dead_staging(dir: &Path) -> (PathBuf, std::process::Child) {
+    let leftover = dir.join("staging/clone@999999.0");
+    std::fs::create_dir_all(&leftover).unwrap();
+    let orphan = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("i=0; while :; do i=$((i+1)); : > \"$0/f$i\"; done")
+        .arg(&leftover)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    (leftover, orphan)
+}
+
 #[test]
 fn a_leftover_still_written_by_an_orphan_does_not_stop_the_run_from_opening() {
     // A worker killed mid-step can leave a child (a `git clone`) that keeps
@@ -865,15 +880,7 @@ fn a_leftover_still_written_by_an_orphan_does_not_stop_the_run_from_opening() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     Run::open(&dir).unwrap();
-    let leftover = dir.join("staging/clone@999999.0");
-    std::fs::create_dir_all(&leftover).unwrap();
-    let mut orphan = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("i=0; while :; do i=$((i+1)); : > \"$0/f$i\"; done")
-        .arg(&leftover)
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    let (leftover, mut orphan) = orphan_writing_into_a_dead_staging(&dir);
     let opened: Vec<bool> = (0..5).map(|_| Run::open(&dir).is_ok()).collect();
     orphan.kill().unwrap();
     orphan.wait().unwrap();
@@ -891,15 +898,7 @@ fn a_leftover_still_written_by_an_orphan_does_not_stop_its_step_from_running() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     let run = Run::open(&dir).unwrap();
-    let leftover = dir.join("staging/clone@999999.0");
-    std::fs::create_dir_all(&leftover).unwrap();
-    let mut orphan = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("i=0; while :; do i=$((i+1)); : > \"$0/f$i\"; done")
-        .arg(&leftover)
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    let (leftover, mut orphan) = orphan_writing_into_a_dead_staging(&dir);
     let begun: Vec<String> = (0..5)
         .map(|_| match run.step("clone").unwrap().begin() {
             Ok(_) => "begun".to_owned(),
