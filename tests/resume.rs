@@ -594,6 +594,10 @@ impl FileSystem for Recording {
         self.log("rmdir", p);
         RealFs.remove_dir_all(p)
     }
+    fn remove_empty_dir(&self, p: &Path) -> std::io::Result<()> {
+        self.log("rmdir_empty", p);
+        RealFs.remove_empty_dir(p)
+    }
     fn read(&self, p: &Path, l: u64) -> std::io::Result<Vec<u8>> {
         RealFs.read(p, l)
     }
@@ -609,6 +613,28 @@ impl FileSystem for Recording {
     fn read_link(&self, p: &Path) -> std::io::Result<PathBuf> {
         RealFs.read_link(p)
     }
+}
+
+#[test]
+fn a_committed_steps_staging_directory_goes_with_one_rmdir() {
+    let f = fixture();
+    let fs = Arc::new(Recording::default());
+    let run = Run::open_with(&f.dir, fs.clone()).unwrap();
+    fs.ops.lock().unwrap().clear();
+    let mut runs = 0;
+    build(&run, "src", 3, &mut runs).unwrap();
+    let staging = f.dir.join("staging");
+    let removals: Vec<String> = fs
+        .ops
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(op, p)| op.starts_with("rmdir") && p.parent() == Some(&*staging))
+        .map(|(op, _)| op.clone())
+        .collect();
+    // Its outputs were renamed out: nothing is left to list or recurse into.
+    assert_eq!(removals, ["rmdir_empty"]);
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
 }
 
 #[test]

@@ -65,6 +65,22 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Removes a directory and everything in it.
     fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Removes `path` if it is an empty directory, as `rmdir` does: a
+    /// directory with entries, or anything that is not a directory, is an
+    /// error and stays. The default looks first, then removes.
+    fn remove_empty_dir(&self, path: &Path) -> io::Result<()> {
+        match self.stat(path)?.kind {
+            EntryKind::Dir if self.read_dir(path)?.is_empty() => self.remove_dir_all(path),
+            EntryKind::Dir => Err(io::Error::new(
+                io::ErrorKind::DirectoryNotEmpty,
+                format!("{}: directory not empty", path.display()),
+            )),
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{}: not a directory", path.display()),
+            )),
+        }
+    }
     /// Reads at most `limit` bytes; a longer file is an error, not a
     /// truncated read.
     fn read(&self, path: &Path, limit: u64) -> io::Result<Vec<u8>>;
@@ -155,6 +171,11 @@ impl FileSystem for RealFs {
 
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
         fs::remove_dir_all(path)
+    }
+
+    /// One `rmdir`, where the default stats and lists first.
+    fn remove_empty_dir(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir(path)
     }
 
     fn read(&self, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
@@ -472,6 +493,7 @@ mod tests {
         fn remove_dir_all(&self, p: &Path) -> io::Result<()> {
             self.call("rmdir", p)
         }
+        // `remove_empty_dir` is left to its default, which is tested here.
         fn read(&self, p: &Path, l: u64) -> io::Result<Vec<u8>> {
             RealFs.read(p, l)
         }
@@ -487,6 +509,44 @@ mod tests {
         fn read_link(&self, p: &Path) -> io::Result<PathBuf> {
             RealFs.read_link(p)
         }
+    }
+
+    #[test]
+    fn remove_empty_dir_removes_an_empty_directory_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        let full = dir.path().join("full");
+        let file = dir.path().join("file");
+        let setup = || {
+            fs::create_dir_all(&empty).unwrap();
+            fs::create_dir_all(&full).unwrap();
+            fs::write(full.join("keep"), b"keep").unwrap();
+            fs::write(&file, b"keep").unwrap();
+        };
+        let refusals = |fs: &dyn FileSystem| {
+            let not_empty = fs.remove_empty_dir(&full).unwrap_err().kind();
+            let not_dir = fs.remove_empty_dir(&file).unwrap_err().kind();
+            let missing = fs.remove_empty_dir(&dir.path().join("missing"));
+            assert_eq!(not_empty, io::ErrorKind::DirectoryNotEmpty);
+            assert_eq!(not_dir, io::ErrorKind::NotADirectory);
+            assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
+            assert_eq!(fs::read(full.join("keep")).unwrap(), b"keep");
+            assert_eq!(fs::read(&file).unwrap(), b"keep");
+        };
+
+        // The real file system: one rmdir.
+        setup();
+        RealFs.remove_empty_dir(&empty).unwrap();
+        assert!(!empty.exists());
+        refusals(&RealFs);
+
+        // The default, for file systems that only have remove_dir_all: it
+        // reaches remove_dir_all for the empty directory alone.
+        setup();
+        let recorded = FailAt::default();
+        recorded.remove_empty_dir(&empty).unwrap();
+        refusals(&recorded);
+        assert_eq!(*recorded.calls.lock().unwrap(), ["rmdir empty"]);
     }
 
     #[test]

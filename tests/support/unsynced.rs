@@ -36,6 +36,9 @@ impl FileSystem for Unsynced {
     fn remove_dir_all(&self, p: &Path) -> io::Result<()> {
         RealFs.remove_dir_all(p)
     }
+    fn remove_empty_dir(&self, p: &Path) -> io::Result<()> {
+        RealFs.remove_empty_dir(p)
+    }
     fn read(&self, p: &Path, l: u64) -> io::Result<Vec<u8>> {
         RealFs.read(p, l)
     }

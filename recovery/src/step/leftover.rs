@@ -5,6 +5,7 @@
 //! check is reported and left alone, whatever bug or damaged journal
 //! produced it.
 
+use std::io;
 use std::path::{Component, Path};
 
 use crate::error::RunError;
@@ -72,6 +73,14 @@ pub(crate) fn remove(fs: &dyn FileSystem, path: &Path, expect: Expect<'_>) -> Re
             reason,
         });
     }
+    // A committed step leaves its staging directory empty: one `rmdir`
+    // removes it, where the recursive removal would stat, open and list.
+    match fs.remove_empty_dir(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        // Not empty, or not a directory: removed whole below.
+        Err(_) => {}
+    }
     remove_entry(fs, path).map_err(|e| RunError::io("remove leftover", path, e))
 }
 
@@ -110,6 +119,29 @@ mod tests {
         ] {
             assert!(refusal(Path::new(bad), outside).is_some(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_symlink_named_like_a_staging_directory_loses_only_the_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let area = tmp.path().join("staging");
+        let precious = tmp.path().join("precious");
+        std::fs::create_dir_all(&area).unwrap();
+        std::fs::create_dir_all(&precious).unwrap();
+        std::fs::write(precious.join("keep"), b"keep").unwrap();
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        for (name, target) in [("s@1.0", &precious), ("s@1.1", &empty)] {
+            let link = area.join(name);
+            std::os::unix::fs::symlink(target, &link).unwrap();
+            let expect = Expect::InRun {
+                staging_area: &area,
+            };
+            remove(&crate::fs::RealFs, &link, expect).unwrap();
+            assert!(std::fs::symlink_metadata(&link).is_err(), "{name}");
+            assert!(target.is_dir(), "{name}: its target stays");
+        }
+        assert_eq!(std::fs::read(precious.join("keep")).unwrap(), b"keep");
     }
 
     #[test]

@@ -56,16 +56,23 @@ impl LocalStore {
         let path = self.layout.lock(step);
         // Locks are kernel state, not durable data: they always live on
         // the real file system, whatever `fs` simulates.
-        if step.item_id().is_some() {
-            let dir = parent_of(&path);
-            std::fs::create_dir_all(dir).map_err(|e| RunError::io("create", dir, e))?;
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+        };
+        match open() {
+            // An item's bucket of lock files is made by its first lease.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && step.item_id().is_some() => {
+                let dir = parent_of(&path);
+                std::fs::create_dir_all(dir).map_err(|e| RunError::io("create", dir, e))?;
+                open()
+            }
+            opened => opened,
         }
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| RunError::io("open lock", path, e))
+        .map_err(|e| RunError::io("open lock", &path, e))
     }
 
     /// Makes sure the marker can be written: an empty directory in its
