@@ -4,8 +4,8 @@
 //!   stat-ing and hashing each output by hand;
 //! - committing items from 8 threads (a marker and one small output each)
 //!   against writing one file per item with one fsync each, from 8 threads
-//!   and from one, and the same commits with their fsyncs skipped (the
-//!   ceiling of any group commit of this layout).
+//!   and from one, and with none; and the same commits with their fsyncs
+//!   skipped (the ceiling of any group commit of this layout).
 //!
 //! `FAMILY_ITEMS` sets the family's size (default 100,000: building it
 //! takes about a minute).
@@ -125,6 +125,14 @@ fn commit_throughput(c: &mut Criterion) {
             (0..BATCH).for_each(|i| bare_write(&dir, i));
         })
     });
+    // The same files with no fsync: the least any commit that leaves one
+    // output file per item can cost, with no layout and no durability.
+    g.bench_function("bare_file_unsynced", |b| {
+        b.iter(|| {
+            let dir = bare_dir("bare0");
+            on_eight_threads(BATCH, |i| bare_write_with(&dir, i, false));
+        })
+    });
     g.bench_function("recovery_item_commits", |b| {
         b.iter(|| {
             let run = Run::open(fresh("run")).unwrap();
@@ -148,10 +156,16 @@ fn commit_throughput(c: &mut Criterion) {
 
 /// One file per item, written and fsynced.
 fn bare_write(dir: &Path, i: u32) {
+    bare_write_with(dir, i, true)
+}
+
+fn bare_write_with(dir: &Path, i: u32, fsync: bool) {
     use std::io::Write;
     let mut f = std::fs::File::create(dir.join(format!("{i}.bin"))).unwrap();
     f.write_all(&vec![(i % 251) as u8; 1024]).unwrap();
-    f.sync_all().unwrap();
+    if fsync {
+        f.sync_all().unwrap();
+    }
 }
 
 // Commits first: the resume check's family (100,000 items, 400,000 files
