@@ -65,13 +65,14 @@ impl S3Server {
         let command = match kind {
             Server::Moto => format!("exec moto_server -H 127.0.0.1 -p {port}"),
             Server::Seaweed => {
-                let ports = [
-                    ("master.port", free_port_below(55000)),
-                    ("volume.port", free_port_below(55000)),
-                    ("filer.port", free_port_below(55000)),
-                    ("webdav.port", free_port_below(55000)),
-                    ("admin.port", free_port_below(55000)),
+                let flags = [
+                    "master.port",
+                    "volume.port",
+                    "filer.port",
+                    "webdav.port",
+                    "admin.port",
                 ];
+                let ports = flags.into_iter().zip(seaweed_ports(port, flags.len()));
                 let mut cmd = format!(
                     "exec weed mini -dir={} -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port={port} \
                      -s3.port.iceberg=0 -s3.port.lance=0 -bucket={BUCKET}",
@@ -204,6 +205,23 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `n` free ports for `weed mini`'s services besides its S3 port
+/// `s3_port`. Each service listens on its port + 10000 too (gRPC), and
+/// `weed mini` refuses a port that is another's gRPC twin: no port of the
+/// set may be another's twin.
+fn seaweed_ports(s3_port: u16, n: usize) -> Vec<u16> {
+    let mut taken = vec![s3_port, s3_port + 10000];
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let port = free_port_below(55000);
+        if !taken.contains(&port) && !taken.contains(&(port + 10000)) {
+            taken.extend([port, port + 10000]);
+            ports.push(port);
+        }
+    }
+    ports
+}
+
 /// A free port whose gRPC twin (SeaweedFS listens on port + 10000 too) is
 /// a valid port as well.
 fn free_port_below(limit: u16) -> u16 {
@@ -211,6 +229,25 @@ fn free_port_below(limit: u16) -> u16 {
         let port = free_port();
         if port < limit && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
             return port;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_seaweed_port_is_another_ports_grpc_twin() {
+        for _ in 0..50 {
+            let s3 = free_port_below(55000);
+            let mut all = vec![s3];
+            all.extend(seaweed_ports(s3, 5));
+            for a in &all {
+                assert!(*a < 55000);
+                assert_eq!(all.iter().filter(|b| *b == a).count(), 1, "{all:?}");
+                assert!(!all.contains(&(a + 10000)), "{a} + 10000 in {all:?}");
+            }
         }
     }
 }
