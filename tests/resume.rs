@@ -615,19 +615,24 @@ impl FileSystem for Recording {
     }
 }
 
-#[test]
-fn a_committed_steps_staging_directory_goes_with_one_rmdir() {
+/// Runs `build` once in a fresh run directory, recording the durable
+/// operations of the step alone (not the run's opening).
+fn recorded_build() -> (Fixture, Vec<(String, PathBuf)>) {
     let f = fixture();
     let fs = Arc::new(Recording::default());
     let run = Run::open_with(&f.dir, fs.clone()).unwrap();
     fs.ops.lock().unwrap().clear();
     let mut runs = 0;
     build(&run, "src", 3, &mut runs).unwrap();
+    let ops = fs.ops.lock().unwrap().clone();
+    (f, ops)
+}
+
+#[test]
+fn a_committed_steps_staging_directory_goes_with_one_rmdir() {
+    let (f, ops) = recorded_build();
     let staging = f.dir.join("staging");
-    let removals: Vec<String> = fs
-        .ops
-        .lock()
-        .unwrap()
+    let removals: Vec<String> = ops
         .iter()
         .filter(|(op, p)| op.starts_with("rmdir") && p.parent() == Some(&*staging))
         .map(|(op, _)| op.clone())
@@ -639,13 +644,7 @@ fn a_committed_steps_staging_directory_goes_with_one_rmdir() {
 
 #[test]
 fn the_marker_is_written_last_after_every_output_is_durable() {
-    let f = fixture();
-    let fs = Arc::new(Recording::default());
-    let run = Run::open_with(&f.dir, fs.clone()).unwrap();
-    fs.ops.lock().unwrap().clear();
-    let mut runs = 0;
-    build(&run, "src", 3, &mut runs).unwrap();
-    let ops = fs.ops.lock().unwrap().clone();
+    let (f, ops) = recorded_build();
     let marker = f.dir.join("state/steps/build.json");
     let pos = |op: &str, path: &Path| {
         ops.iter()
