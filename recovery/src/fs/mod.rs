@@ -18,6 +18,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod group_sync;
+
 /// What kind of thing a path names, without following a final symlink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryKind {
@@ -118,7 +120,9 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
 /// Names in a directory, from [`FileSystem::read_dir_streamed`].
 pub type Names<'a> = Box<dyn Iterator<Item = io::Result<String>> + Send + 'a>;
 
-/// The real file system.
+/// The real file system. Threads of one process that sync the same
+/// directory at the same time share one `fsync` of it (group commit):
+/// each returns once an `fsync` that started after it asked has succeeded.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RealFs;
 
@@ -157,8 +161,10 @@ impl FileSystem for RealFs {
         File::open(path)?.sync_all()
     }
 
+    /// Threads syncing the same directory at once share one `fsync`
+    /// (group commit; see `group_sync`).
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        File::open(path)?.sync_all()
+        group_sync::sync_dir(path, || File::open(path)?.sync_all())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
