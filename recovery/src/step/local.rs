@@ -52,27 +52,53 @@ impl LocalStore {
         &*self.fs
     }
 
-    fn lock_file(&self, step: &StepId) -> Result<File, RunError> {
+    /// Opens the step's lock file, and says whether this call created it
+    /// (which alone does not make the lease the step's first: see
+    /// [`held`](Self::held)).
+    fn lock_file(&self, step: &StepId) -> Result<(File, bool), RunError> {
         let path = self.layout.lock(step);
         // Locks are kernel state, not durable data: they always live on
         // the real file system, whatever `fs` simulates.
-        let open = || {
-            OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
+        let open = |new: bool| {
+            let mut options = OpenOptions::new();
+            options.write(true);
+            if new {
+                options.create_new(true);
+            } else {
+                options.create(true).truncate(false);
+            }
+            options.open(&path).map(|file| (file, new))
         };
-        match open() {
+        let created = match open(true) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open(false),
             // An item's bucket of lock files is made by its first lease.
             Err(e) if e.kind() == io::ErrorKind::NotFound && step.item_id().is_some() => {
                 let dir = parent_of(&path);
                 std::fs::create_dir_all(dir).map_err(|e| RunError::io("create", dir, e))?;
-                open()
+                open(true).or_else(|_| open(false))
             }
             opened => opened,
-        }
-        .map_err(|e| RunError::io("open lock", &path, e))
+        };
+        created.map_err(|e| RunError::io("open lock", &path, e))
+    }
+
+    /// The lease on `step` whose lock file is `file`, locked now. It is the
+    /// step's first when this process created the file and nobody held it
+    /// since: every holder sets its length to 1 (metadata only, no data
+    /// block), because another process may open the file and take the lock
+    /// between its creation and the creator's lock.
+    fn held(&self, step: &StepId, file: File, created: bool) -> Result<Lease, RunError> {
+        let path = || self.layout.lock(step);
+        let first = created
+            && file
+                .metadata()
+                .map_err(|e| RunError::io("inspect", path(), e))?
+                .len()
+                == 0;
+        file.set_len(1)
+            .map_err(|e| RunError::io("mark lock", path(), e))?;
+        let lease = Lease::new(step.clone(), 0, None, file);
+        Ok(if first { lease.first_of_step() } else { lease })
     }
 
     /// Makes sure the marker can be written: an empty directory in its
@@ -296,18 +322,18 @@ impl StepStore for LocalStore {
     /// holds it; the kernel releases it if the holder dies. Then makes sure
     /// the marker's place can take a marker.
     fn lease(&self, step: &StepId) -> Result<Lease, RunError> {
-        let file = self.lock_file(step)?;
+        let (file, created) = self.lock_file(step)?;
         file.lock()
             .map_err(|e| RunError::io("lock", self.layout.lock(step), e))?;
-        let lease = Lease::new(step.clone(), 0, None, file);
+        let lease = self.held(step, file, created)?;
         self.clear_marker_place(step)?;
         Ok(lease)
     }
 
     fn try_lease(&self, step: &StepId) -> Result<Option<Lease>, RunError> {
-        let file = self.lock_file(step)?;
+        let (file, created) = self.lock_file(step)?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(Lease::new(step.clone(), 0, None, file))),
+            Ok(()) => self.held(step, file, created).map(Some),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => {
                 Err(RunError::io("lock", self.layout.lock(step), e))
@@ -379,5 +405,47 @@ impl StepStore for LocalStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::RealFs;
+
+    fn store(dir: &Path) -> LocalStore {
+        crate::Run::open(dir).unwrap();
+        LocalStore::new(Layout::new(dir.to_owned()), Arc::new(RealFs))
+    }
+
+    #[test]
+    fn only_the_first_lease_ever_taken_on_a_step_is_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        for id in [
+            StepId::plain("fetch").unwrap(),
+            StepId::item("page", &7).unwrap().0,
+        ] {
+            assert!(store.lease(&id).unwrap().is_first(), "{id}");
+            assert!(!store.lease(&id).unwrap().is_first(), "{id}");
+            assert!(!store.try_lease(&id).unwrap().unwrap().is_first(), "{id}");
+        }
+    }
+
+    /// Another process opens the lock file its creator just made, and
+    /// locks (and runs the step) before the creator does: the creator's
+    /// lease is then not the first.
+    #[test]
+    fn a_lease_taken_between_the_lock_files_creation_and_its_lock_is_seen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        let id = StepId::item("page", &7).unwrap().0;
+        let (creators, created) = store.lock_file(&id).unwrap();
+        assert!(created);
+        let other = store.lease(&id).unwrap();
+        assert!(!other.is_first());
+        drop(other);
+        creators.lock().unwrap();
+        assert!(!store.held(&id, creators, created).unwrap().is_first());
     }
 }

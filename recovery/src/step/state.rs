@@ -257,8 +257,12 @@ impl StepState {
         before: Option<StoredMarker>,
     ) -> Result<(StepExecution, StoredMarker), RunError> {
         let lease = self.run.store().lease(&self.id)?;
-        // What a dead worker left of this step is ours now.
-        self.run.sweep_step(&self.id)?;
+        // What a dead worker left of this step is ours now. Only a lease
+        // leaves something in staging: under the step's first there is
+        // nothing to look for.
+        if !lease.is_first() {
+            self.run.sweep_step(&self.id)?;
+        }
         // The marker the commit replaces; nobody else changes it while we
         // hold the lease. Under the step's first lease, none can have been
         // written since it was seen missing.

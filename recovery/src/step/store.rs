@@ -182,7 +182,8 @@ impl Lease {
     /// Marks the lease as the first ever taken on its step: no marker can
     /// have been written under a lease before it, so a marker seen missing
     /// just before it was taken is missing still (the driver then spares
-    /// itself a read).
+    /// itself a read), and no execution before it left anything in staging
+    /// (the step's leftovers are not looked for).
     pub fn first_of_step(mut self) -> Self {
         self.first = true;
         self
