@@ -124,7 +124,7 @@ impl StepExecution {
         // 1. Durable and hashed, still in staging.
         let mut entries = Vec::new();
         for o in &outputs {
-            match fs.stat(&o.staging) {
+            let stat = match fs.stat(&o.staging) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     return Err(RunError::OutputNotWritten {
                         step: step.to_string(),
@@ -133,9 +133,9 @@ impl StepExecution {
                     });
                 }
                 Err(e) => return Err(RunError::io("inspect", &o.staging, e)),
-                Ok(_) => {}
-            }
-            manifest::record(fs, &o.staging, &o.rel, mode, &mut entries)?;
+                Ok(stat) => stat,
+            };
+            manifest::record(fs, &o.staging, stat, &o.rel, mode, &mut entries)?;
         }
         if !outputs.is_empty() {
             // The staged entries, and this step's staging directory itself,

@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::RunError;
-use crate::fs::{EntryKind, FileSystem};
+use crate::fs::{EntryKind, FileSystem, Stat};
 use crate::step::marker::{Marker, OutputEntry, OutputKind, Verify};
 
 /// BLAKE3 of a file's content, streamed, as hex.
@@ -119,17 +119,15 @@ pub(crate) fn check_place(path: &str, outside: &[PathBuf]) -> Result<(), &'stati
 }
 
 /// Syncs and hashes one staged output (recursively for a directory) into
-/// the manifest, in a fixed order.
+/// the manifest, in a fixed order. `stat` is the output's, just taken.
 pub(crate) fn record(
     fs: &dyn FileSystem,
     path: &Path,
+    stat: Stat,
     rel: &str,
     mode: Verify,
     manifest: &mut Vec<OutputEntry>,
 ) -> Result<(), RunError> {
-    let stat = fs
-        .stat(path)
-        .map_err(|e| RunError::io("inspect", path, e))?;
     match stat.kind {
         EntryKind::File => {
             let hash = hash_file(fs, path).map_err(|e| RunError::io("read", path, e))?;
@@ -155,13 +153,11 @@ pub(crate) fn record(
                 .read_dir(path)
                 .map_err(|e| RunError::io("list", path, e))?;
             for name in names {
-                record(
-                    fs,
-                    &path.join(&name),
-                    &format!("{rel}/{name}"),
-                    mode,
-                    manifest,
-                )?;
+                let path = path.join(&name);
+                let stat = fs
+                    .stat(&path)
+                    .map_err(|e| RunError::io("inspect", &path, e))?;
+                record(fs, &path, stat, &format!("{rel}/{name}"), mode, manifest)?;
             }
             fs.sync_dir(path)
                 .map_err(|e| RunError::io("fsync directory", path, e))?;
