@@ -642,6 +642,28 @@ fn a_committed_steps_staging_directory_goes_with_one_rmdir() {
     assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
 }
 
+/// `build`'s two outputs land in `out/`: both are renamed, then `out/` is
+/// synced once (on a journaling file system, one journal commit for both).
+#[test]
+fn outputs_landing_in_one_directory_share_one_sync_of_it() {
+    let (f, ops) = recorded_build();
+    let out = f.dir.join("out");
+    let syncs: Vec<usize> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, (op, p))| op == "fsync_dir" && *p == out)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(syncs.len(), 1, "{ops:#?}");
+    for name in ["out/tree", "out/summary.json"] {
+        let rename = ops
+            .iter()
+            .position(|(op, p)| op == "rename" && *p == f.dir.join(name))
+            .unwrap();
+        assert!(rename < syncs[0], "{name}");
+    }
+}
+
 #[test]
 fn the_marker_is_written_last_after_every_output_is_durable() {
     let (f, ops) = recorded_build();
