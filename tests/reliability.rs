@@ -175,9 +175,13 @@ fn family_child(dir: &Path, side_effects: &Path, items: u32, threads: u32) -> Co
     child
 }
 
-/// The items of the family whose markers hold.
+/// The items of the family whose markers hold: none when the run was
+/// killed before it was made.
 fn done_items(dir: &Path) -> std::collections::BTreeSet<u64> {
-    let run = Run::open_existing(dir).unwrap();
+    let run = match Run::open_existing(dir) {
+        Err(recovery::RunError::NotARun { .. }) => return Default::default(),
+        opened => opened.unwrap(),
+    };
     run.items("page")
         .unwrap()
         .map(|e| e.unwrap())

@@ -425,7 +425,7 @@ pub(crate) fn temp_target(name: &str) -> Option<&str> {
 
 /// A temporary name beside `path`, unique within this process and across
 /// processes (the pid).
-fn temp_path(path: &Path) -> PathBuf {
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let name = path

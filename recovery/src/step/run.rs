@@ -201,7 +201,10 @@ impl Run {
                 let entries = fs
                     .read_dir(given)
                     .map_err(|e| RunError::io("list", given, e))?;
-                return Err(if entries.is_empty() {
+                // A creator killed while writing run.json leaves its
+                // temporary file: the run is still not made, and the next
+                // Run::open makes it.
+                return Err(if entries.iter().all(|n| is_temp(n)) {
                     not_a_run(
                         "it is empty: no run has been made here yet \
                          (a program's first Run::open makes one)",
@@ -528,6 +531,20 @@ mod tests {
             // One run, and no opener's temporary file left behind.
             assert_eq!(names, ["run.json", "staging", "state"], "round {round}");
         }
+    }
+
+    #[test]
+    fn a_run_whose_creator_was_killed_before_run_json_is_not_made_yet() {
+        let tmp = tempfile::tempdir().unwrap();
+        // What a creator killed between writing and renaming leaves.
+        let leftover = crate::fs::temp_path(&tmp.path().join("run.json"));
+        std::fs::write(&leftover, "{").unwrap();
+        let err = Run::open_existing(tmp.path()).unwrap_err();
+        assert!(matches!(err, RunError::NotARun { .. }), "{err}");
+        assert!(err.to_string().contains("no run has been made"), "{err}");
+        // And the next opener makes the run there.
+        Run::open(tmp.path()).unwrap();
+        Run::open_existing(tmp.path()).unwrap();
     }
 
     #[test]
