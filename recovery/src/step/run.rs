@@ -204,10 +204,17 @@ impl Run {
                 // A creator killed while writing run.json leaves its
                 // temporary file: the run is still not made, and the next
                 // Run::open makes it.
-                return Err(if entries.iter().all(|n| is_temp(n)) {
+                return Err(if entries.is_empty() {
                     not_a_run(
                         "it is empty: no run has been made here yet \
                          (a program's first Run::open makes one)",
+                    )
+                } else if entries.iter().all(|n| is_temp(n)) {
+                    not_a_run(
+                        "no run has been made here yet, only begun by a \
+                         program that stopped before writing run.json \
+                         (the next Run::open makes the run and removes \
+                         the leftover)",
                     )
                 } else {
                     RunError::NotARunDirectory {
@@ -542,9 +549,10 @@ mod tests {
         let err = Run::open_existing(tmp.path()).unwrap_err();
         assert!(matches!(err, RunError::NotARun { .. }), "{err}");
         assert!(err.to_string().contains("no run has been made"), "{err}");
-        // And the next opener makes the run there.
+        // And the next opener makes the run there, and sweeps the leftover.
         Run::open(tmp.path()).unwrap();
         Run::open_existing(tmp.path()).unwrap();
+        assert!(!leftover.exists());
     }
 
     #[test]
