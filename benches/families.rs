@@ -135,8 +135,9 @@ fn commit_throughput(c: &mut Criterion) {
     // a sync flushes data and has no metadata to journal, and each round of
     // 8 items, one from every thread, shares one fdatasync that all of them
     // wait for. No file per item, no lease, no batch smaller than the
-    // threads: the cheapest commit durable on return we know of. (Appending
-    // to the file instead measured 1.7x slower on the journaled ext4.)
+    // threads: the cheapest commit durable on return we know of. (A probe
+    // appending to the file instead ran 1.7x slower on the journaled ext4
+    // of 2026-12-05: an append also changes the size, which is journaled.)
     g.bench_function("preallocated_journal_one_sync_per_8_items", |b| {
         const RECORD: u64 = 1024 + 4;
         b.iter_batched(
