@@ -1,22 +1,24 @@
 //! A child process for the resume tests.
 //!
-//!     step-child slow-write RUN_DIR STARTED_FILE   write a 64 MiB output slowly
-//!     step-child once RUN_DIR SIDE_EFFECT_FILE     a step that appends one line, then sleeps
-//!     step-child chain RUN_DIR SIDE_EFFECT_FILE    five chained steps with file and directory
-//!                                                  outputs (`-` for no side-effect file)
-//!     step-child crash-outside RUN_DIR EXPORT_DIR   stage outputs in EXPORT_DIR, then SIGKILL itself
-//!     step-child family RUN_DIR SIDE_EFFECT_FILE   the family "page" over RECOVERY_CHILD_ITEMS
-//!                                                  items (1000) on RECOVERY_CHILD_THREADS
-//!                                                  threads (4), each thread starting at its
-//!                                                  own place; prints the sum of the values
-//!     step-child torture RUN_DIR HISTORY_FILE     the family "item" over RECOVERY_CHILD_ITEMS items
-//!                                                  on RECOVERY_CHILD_THREADS threads, each body
-//!                                                  taking RECOVERY_CHILD_BODY_MS; every attempt,
-//!                                                  commit and resume appended to HISTORY_FILE
-//!                                                  (tests/support/history.rs); items that fail
-//!                                                  are tried again until all are done
-//!     step-child held RUN_DIR SIGNAL_PATH          the step "held": writes its output, creates
-//!                                                  SIGNAL_PATH.started, waits for SIGNAL_PATH.go
+//! ```text
+//! step-child slow-write RUN_DIR STARTED_FILE   write a 64 MiB output slowly
+//! step-child once RUN_DIR SIDE_EFFECT_FILE     a step that appends one line, then sleeps
+//! step-child chain RUN_DIR SIDE_EFFECT_FILE    five chained steps with file and directory
+//!                                              outputs (`-` for no side-effect file)
+//! step-child crash-outside RUN_DIR EXPORT_DIR   stage outputs in EXPORT_DIR, then SIGKILL itself
+//! step-child family RUN_DIR SIDE_EFFECT_FILE   the family "page" over RECOVERY_CHILD_ITEMS
+//!                                              items (1000) on RECOVERY_CHILD_THREADS
+//!                                              threads (4), each thread starting at its
+//!                                              own place; prints the sum of the values
+//! step-child torture RUN_DIR HISTORY_FILE     the family "item" over RECOVERY_CHILD_ITEMS items
+//!                                              on RECOVERY_CHILD_THREADS threads, each body
+//!                                              taking RECOVERY_CHILD_BODY_MS; every attempt,
+//!                                              commit and resume appended to HISTORY_FILE
+//!                                              (tests/support/history.rs); items that fail
+//!                                              are tried again until all are done
+//! step-child held RUN_DIR SIGNAL_PATH          the step "held": writes its output, creates
+//!                                              SIGNAL_PATH.started, waits for SIGNAL_PATH.go
+//! ```
 //!
 //! With RECOVERY_CHILD_STORE=URL the run keeps its state in that store
 //! (AWS_* variables configure it), with leases of RECOVERY_CHILD_TTL_MS.
