@@ -74,7 +74,7 @@ fn verify_rehashes_every_output() {
     let o = cli(&["verify"], tmp.path());
     assert_eq!(o.status.code(), Some(0));
     assert!(
-        stdout(&o).contains("1 outputs of 1 steps checked, 0 problems"),
+        stdout(&o).contains("1 output of 1 step checked, 0 problems"),
         "{}",
         stdout(&o)
     );
@@ -86,6 +86,7 @@ fn verify_rehashes_every_output() {
         stdout(&o)
             .contains("MISMATCH fetch: output data/fetched.txt does not match its recorded hash")
     );
+    assert!(stdout(&o).contains("1 output of 1 step checked, 1 problem\n"));
 }
 
 #[resumable_step("export")]
@@ -106,7 +107,7 @@ fn outputs_outside_the_run_are_verified_only_where_allowed() {
 
     let o = cli(&["verify", "--allow-outside", allow], &dir);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
-    assert!(stdout(&o).contains("1 outputs of 1 steps checked, 0 problems"));
+    assert!(stdout(&o).contains("1 output of 1 step checked, 0 problems"));
     let o = cli(&["status", "--allow-outside", allow], &dir);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     // Without the place: reported, not read.

@@ -134,6 +134,7 @@ impl fmt::Display for Event {
                     "already done: resumed ({fetched} bytes of outputs fetched)"
                 )
             }
+            Event::StepCompleted { outputs: 1, .. } => f.write_str("done (1 output committed)"),
             Event::StepCompleted { outputs, .. } => {
                 write!(f, "done ({outputs} outputs committed)")
             }
@@ -189,6 +190,12 @@ mod tests {
             invalid.to_string(),
             "[index] the marker does not hold (the step's key or version changed); running it again"
         );
+        let one = Event::StepCompleted {
+            step: "summary".into(),
+            item: None,
+            outputs: 1,
+        };
+        assert_eq!(one.to_string(), "[summary] done (1 output committed)");
         let resumed = Event::StepResumed {
             step: "a".into(),
             item: None,

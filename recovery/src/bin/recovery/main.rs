@@ -550,7 +550,12 @@ fn verify(run: &Run, json: bool) -> Result<ExitCode, CliError> {
             serde_json::json!({ "outputs": outputs, "steps": steps, "problems": bad })
         );
     } else {
-        outln!("{outputs} outputs of {steps} steps checked, {bad} problems");
+        outln!(
+            "{} of {} checked, {}",
+            count(outputs, "output"),
+            count(steps, "step"),
+            count(bad, "problem")
+        );
     }
     Ok(if bad == 0 {
         ExitCode::SUCCESS
@@ -598,6 +603,15 @@ fn describe_issue(issue: &IssueRecord) -> String {
         issue.attempts,
         issue.last_error
     )
+}
+
+/// `1 step`, `2 steps`: a count with its noun, as a person writes it.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 fn warn_skipped(skipped: usize, path: &std::path::Path) {
