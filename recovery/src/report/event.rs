@@ -128,21 +128,28 @@ impl fmt::Display for Event {
                 Duration::from_nanos(*delay_ns)
             ),
             Event::StepResumed { fetched: 0, .. } => f.write_str("already done: resumed"),
-            Event::StepResumed { fetched, .. } => {
+            Event::StepResumed { fetched, .. } => write!(
+                f,
+                "already done: resumed ({fetched} byte{} of outputs fetched)",
+                plural(*fetched)
+            ),
+            Event::StepCompleted { outputs, .. } => {
                 write!(
                     f,
-                    "already done: resumed ({fetched} bytes of outputs fetched)"
+                    "done ({outputs} output{} committed)",
+                    plural(u64::from(*outputs))
                 )
-            }
-            Event::StepCompleted { outputs: 1, .. } => f.write_str("done (1 output committed)"),
-            Event::StepCompleted { outputs, .. } => {
-                write!(f, "done ({outputs} outputs committed)")
             }
             Event::MarkerInvalid { reason, .. } => {
                 write!(f, "the marker does not hold ({reason}); running it again")
             }
         }
     }
+}
+
+/// The noun's ending for a count: `1 output`, `2 outputs`.
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -202,5 +209,18 @@ mod tests {
             fetched: 0,
         };
         assert!(!resumed.to_string().contains('\n'));
+        let fetched = |fetched| Event::StepResumed {
+            step: "a".into(),
+            item: None,
+            fetched,
+        };
+        assert_eq!(
+            fetched(1).to_string(),
+            "[a] already done: resumed (1 byte of outputs fetched)"
+        );
+        assert_eq!(
+            fetched(2).to_string(),
+            "[a] already done: resumed (2 bytes of outputs fetched)"
+        );
     }
 }
