@@ -390,8 +390,13 @@ fn a_pool_of_repositories_killed_part_way_resumes_exactly_the_unfinished_items()
     crash.extend(["--crash-after-items", "2"]);
     let out = run_pipeline(&dir, &crash);
     assert!(!out.status.success(), "it should have been killed");
-    // What the kill left done, as the run directory says (an item may have
-    // committed after the last line was printed).
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.matches("crashing after 2 items").count(),
+        1,
+        "one thread ends the process, and no other gets as far: {said}"
+    );
+    // What the kill left done, as the run directory says.
     let run = recovery::Run::open_existing(&dir).unwrap();
     let mut indexed: Vec<String> = run
         .items("index-repo")
@@ -401,10 +406,9 @@ fn a_pool_of_repositories_killed_part_way_resumes_exactly_the_unfinished_items()
         .map(|e| e.item.unwrap().as_str().unwrap().to_owned())
         .collect();
     indexed.sort();
-    assert!(
-        indexed.len() >= 2 && indexed.len() < repos.len(),
-        "{indexed:?}"
-    );
+    // Exactly K: no other thread indexes an item while the K-th ends the
+    // process (the three threads race for the last ones).
+    assert_eq!(indexed.len(), 2, "{indexed:?}");
 
     let second = ok(run_pipeline(&dir, &args));
     // The items indexed before the kill resume; every other one runs.
@@ -433,6 +437,39 @@ fn a_pool_of_repositories_killed_part_way_resumes_exactly_the_unfinished_items()
 }
 
 #[test]
+fn a_pool_killed_after_one_item_while_every_thread_is_at_work_keeps_one() {
+    // Three repositories alike on three threads: all reach their index at
+    // about the same moment, and only the first may commit.
+    let tmp = tempfile::tempdir().unwrap();
+    let repos: Vec<String> = (0..3)
+        .map(|i| {
+            let dir = tmp.path().join(format!("same-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            git(&dir, &["init", "-q"]);
+            std::fs::write(dir.join("f.txt"), "line\n").unwrap();
+            git(&dir, &["add", "."]);
+            git(&dir, &["commit", "-qm", "one file"]);
+            dir.display().to_string()
+        })
+        .collect();
+    let mut args: Vec<&str> = repos.iter().flat_map(|r| ["--repo", r.as_str()]).collect();
+    args.extend(["--jobs", "3", "--crash-after-items", "1"]);
+    let dir = tmp.path().join("run");
+    let out = run_pipeline(&dir, &args);
+    assert!(!out.status.success(), "it should have been killed");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(said.matches("crashing after 1 item (").count(), 1, "{said}");
+    let run = recovery::Run::open_existing(&dir).unwrap();
+    let indexed = run
+        .items("index-repo")
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| matches!(e.marker, recovery::marker::MarkerState::Valid(_)))
+        .count();
+    assert_eq!(indexed, 1, "{said}");
+}
+
+#[test]
 fn a_pool_from_a_file_and_bad_pool_arguments() {
     let tmp = tempfile::tempdir().unwrap();
     let repos = local_repos(tmp.path(), 2);
@@ -450,4 +487,12 @@ fn a_pool_from_a_file_and_bad_pool_arguments() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Crashing after no items at all is no plan: refused, not read as 1.
+    let mut zero: Vec<&str> = repos.iter().flat_map(|r| ["--repo", r.as_str()]).collect();
+    zero.extend(["--crash-after-items", "0"]);
+    let out = run_pipeline(&tmp.path().join("zero"), &zero);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--crash-after-items"), "{stderr}");
+    assert!(!tmp.path().join("zero").exists(), "{stderr}");
 }

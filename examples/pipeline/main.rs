@@ -52,8 +52,9 @@ struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     jobs: u16,
     /// End the process abruptly (SIGKILL) once this many of a pool's
-    /// repositories are newly indexed; run again to resume the rest.
-    #[arg(long, value_name = "K")]
+    /// repositories are newly indexed (one at a time, so exactly this
+    /// many); run again to resume the rest.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     crash_after_items: Option<u32>,
     /// Put a flaky proxy in front of the git server that drops the first
     /// connections, and make the worker fail on its first attempts.

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use recovery::{Context, Run, Step, resumable_step, retryable};
 use serde::Serialize;
@@ -106,7 +106,7 @@ pub fn run(
     ctx: &Context,
 ) -> Vec<RepoOutcome> {
     let next = AtomicUsize::new(0);
-    let committed = AtomicU32::new(0);
+    let planned = crash_after_items.map(|k| (k, Mutex::new(0)));
     let outcomes: Mutex<Vec<Option<RepoOutcome>>> =
         Mutex::new(repos.iter().map(|_| None).collect());
     std::thread::scope(|s| {
@@ -117,7 +117,7 @@ pub fn run(
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(repo) = repos.get(i) else { break };
-                        let outcome = one(run, repo, &committed, crash_after_items);
+                        let outcome = one(run, repo, planned.as_ref());
                         outcomes.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(outcome);
                     }
                 })
@@ -132,35 +132,40 @@ pub fn run(
         .collect()
 }
 
-/// Clones and indexes one repository.
-fn one(run: &Run, repo: &str, committed: &AtomicU32, crash_after: Option<u32>) -> RepoOutcome {
-    let result = (|| -> Result<(String, ManifestInfo, bool), PipelineError> {
+/// Clones and indexes one repository. With a crash planned after `k`
+/// items (`planned`: `k` and the items newly indexed so far), items are
+/// indexed one at a time, under that count's lock: the `k`-th ends the
+/// process before any other thread can commit an index, so exactly `k` are
+/// newly indexed (clones still run in parallel).
+fn one(run: &Run, repo: &str, planned: Option<&(u32, Mutex<u32>)>) -> RepoOutcome {
+    let result = (|| -> Result<(String, ManifestInfo), PipelineError> {
         let head = remote_head(repo)?;
         let cloned = clone_item(run, repo, &head)?;
+        let turn = planned.map(|(k, count)| (*k, count.lock().unwrap_or_else(|p| p.into_inner())));
         let done_before = run
             .step_item("index-repo", repo)?
             .is_done(&cloned.commit, 1)?;
         let info = index_item(run, repo, &cloned.commit, &cloned.checkout(run))?;
-        Ok((cloned.commit, info, !done_before))
-    })();
-    match result {
-        Ok((commit, info, new)) => {
-            if new && crash_after.is_some_and(|k| committed.fetch_add(1, Ordering::SeqCst) + 1 >= k)
-            {
-                println!(
-                    "crashing after {} items (SIGKILL)",
-                    crash_after.unwrap_or(0)
-                );
+        if let Some((k, mut count)) = turn
+            && !done_before
+        {
+            *count += 1;
+            if *count >= k {
+                let items = if k == 1 { "item" } else { "items" };
+                println!("crashing after {k} {items} (SIGKILL)");
                 crash::kill_self();
             }
-            RepoOutcome {
-                repo: repo.to_owned(),
-                outcome: "done".into(),
-                commit: Some(commit),
-                index: Some(info),
-                error: None,
-            }
         }
+        Ok((cloned.commit, info))
+    })();
+    match result {
+        Ok((commit, info)) => RepoOutcome {
+            repo: repo.to_owned(),
+            outcome: "done".into(),
+            commit: Some(commit),
+            index: Some(info),
+            error: None,
+        },
         Err(e) => RepoOutcome {
             repo: repo.to_owned(),
             outcome: "failed".into(),
