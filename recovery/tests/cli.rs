@@ -490,6 +490,20 @@ fn status_sums_up_a_family_and_lists_its_items() {
 #[test]
 fn reset_takes_one_item_or_all_of_them() {
     let tmp = family();
+    // The family's name alone names no item: nothing is reset, and it says
+    // what to write instead (it said "page had no marker: nothing to
+    // reset", and exited 0).
+    let o = cli(&["reset", "page"], tmp.path());
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("page is a step family")
+            && stderr(&o).contains("--item")
+            && stderr(&o).contains("--all"),
+        "{}",
+        stderr(&o)
+    );
+    let text = stdout(&cli(&["status"], tmp.path()));
+    assert!(text.contains("4/5 done, 0 not done, 1 failed"), "{text}");
     let o = cli(&["reset", "page", "--item", "2"], tmp.path());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), "reset page 2: it will run again");

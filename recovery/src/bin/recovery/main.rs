@@ -92,7 +92,7 @@ enum Command {
     Reset {
         /// The run directory.
         run_dir: PathBuf,
-        /// The step's name.
+        /// The step's name (a family's, with --item or --all).
         step: String,
         /// One item of the family STEP, as JSON (e.g. '"repo-a"' or '3').
         #[arg(long, value_name = "JSON", conflicts_with = "all")]
@@ -250,7 +250,18 @@ fn run(command: Command, store: Option<&str>) -> Result<ExitCode, CliError> {
                     states.extend(family_states(run, &step)?);
                     states
                 }
-                (None, false) => vec![run.step(&step)?],
+                (None, false) => {
+                    // A family's name alone names none of its items.
+                    if !run.steps()?.contains(&step) && run.families()?.contains(&step) {
+                        eprintln!(
+                            "error: {step} is a step family, and nothing was reset: name one \
+                             item with --item JSON (e.g. --item '\"repo-a\"' or --item 3), \
+                             or reset every item with --all"
+                        );
+                        return Ok(ExitCode::from(2));
+                    }
+                    vec![run.step(&step)?]
+                }
             };
             for state in &states {
                 if let Some(code) = reset(state, no_wait, json)? {
