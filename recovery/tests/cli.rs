@@ -185,6 +185,20 @@ fn reset_invalidates_one_step() {
     assert!(!tmp.path().join("state/steps/fetch.json").exists());
     let again = cli(&["reset", "fetch"], tmp.path());
     assert!(stdout(&again).contains("had no marker"));
+    // A step this run never had (a typo): nothing to reset, and it leaves
+    // nothing behind that would make status list it (it left a lock file).
+    let typo = cli(&["reset", "fecth"], tmp.path());
+    assert_eq!(typo.status.code(), Some(0), "{}", stderr(&typo));
+    assert!(
+        stdout(&typo).contains("fecth had no marker"),
+        "{}",
+        stdout(&typo)
+    );
+    let status = stdout(&cli(&["status"], tmp.path()));
+    assert!(
+        status.contains("fetch") && !status.contains("fecth"),
+        "{status}"
+    );
     // The step runs again.
     let run = Run::open(tmp.path()).unwrap();
     let mut calls = 10;

@@ -311,6 +311,9 @@ impl StepState {
     /// (waiting while another process runs the step). Its outputs stay
     /// until the step runs again. Returns whether there was a marker.
     pub fn reset(&self) -> Result<bool, RunError> {
+        if self.nothing_to_reset()? {
+            return Ok(false);
+        }
         let lease = self.run.store().lease(&self.id)?;
         self.reset_under(&lease)
     }
@@ -319,10 +322,23 @@ impl StepState {
     /// is running the step right now ([`running_pids`](Self::running_pids)
     /// says which).
     pub fn try_reset(&self) -> Result<Option<bool>, RunError> {
+        if self.nothing_to_reset()? {
+            return Ok(Some(false));
+        }
         match self.run.store().try_lease(&self.id)? {
             Some(lease) => self.reset_under(&lease).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Nobody runs the step and it has no marker: a reset has nothing to
+    /// wait for or remove. Taking the lease anyway would leave a lock file,
+    /// and a step never run here (a misspelt name) would become one the
+    /// run lists. A process that starts the step after this looked is not
+    /// missed: the reset is then simply earlier than its run.
+    fn nothing_to_reset(&self) -> Result<bool, RunError> {
+        let store = self.run.store();
+        Ok(!store.is_leased(&self.id)? && store.read_marker(&self.id)?.version().is_none())
     }
 
     fn reset_under(&self, lease: &crate::step::store::Lease) -> Result<bool, RunError> {
