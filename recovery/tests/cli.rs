@@ -135,6 +135,10 @@ fn events_filter_by_type_and_step_and_speak_json() {
     assert_eq!(all.lines().count(), 2, "{all}");
     let retries = stdout(&cli(&["events", "--type", "RETRY_ATTEMPTED"], tmp.path()));
     assert_eq!(retries.lines().count(), 1);
+    // Written as typed in a hurry, the type is the same type.
+    let lower = cli(&["events", "--type", "retry_attempted"], tmp.path());
+    assert_eq!(lower.status.code(), Some(0), "{}", stderr(&lower));
+    assert_eq!(stdout(&lower), retries);
     assert!(
         retries.starts_with("RETRY_ATTEMPTED [fetch] attempt 1 failed"),
         "{retries}"

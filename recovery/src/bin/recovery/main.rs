@@ -69,7 +69,7 @@ enum Command {
     Events {
         /// The run directory (optional with --store).
         run_dir: Option<PathBuf>,
-        /// Only events of this kind, e.g. RETRY_ATTEMPTED.
+        /// Only events of this kind, e.g. RETRY_ATTEMPTED (in any case).
         #[arg(long = "type", value_name = "TYPE")]
         kind: Option<String>,
         /// Only events about this step or operation.
@@ -187,6 +187,8 @@ fn run(command: Command, store: Option<&str>) -> Result<ExitCode, CliError> {
             step,
             json,
         } => {
+            // The types are upper case: `step_completed` means the same.
+            let kind = kind.map(|k| k.to_ascii_uppercase());
             if let Some(k) = &kind
                 && !EVENT_KINDS.contains(&k.as_str())
             {
