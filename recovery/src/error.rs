@@ -32,9 +32,10 @@ pub enum RunError {
         /// The directory.
         path: PathBuf,
     },
-    /// A path given as a run directory that holds no run: a file, or a
-    /// directory where none has been made yet, empty or holding only a
-    /// killed creator's temporary file (checked by tools that inspect runs).
+    /// A path given as a run directory that holds no run: a file (refused
+    /// by every opener), or a directory where none has been made yet, empty
+    /// or holding only a killed creator's temporary file (refused by tools
+    /// that inspect runs).
     #[error("{} is not a recovery run: {reason}", path.display())]
     NotARun {
         /// The path given.

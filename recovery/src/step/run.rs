@@ -138,7 +138,13 @@ impl Run {
             .take_while(|a| matches!(fs.stat(a), Err(e) if e.kind() == io::ErrorKind::NotFound))
             .collect();
         fs.create_dir_all(self.dir())
-            .map_err(|e| RunError::io("create run directory", self.dir(), e))?;
+            .map_err(|e| match fs.stat(self.dir()) {
+                Ok(s) if s.kind != EntryKind::Dir => RunError::NotARun {
+                    path: self.dir().to_owned(),
+                    reason: "it is a file, not a directory; give a directory, new or empty",
+                },
+                _ => RunError::io("create run directory", self.dir(), e),
+            })?;
         for created in missing.iter().rev() {
             let parent = parent_of(created);
             fs.sync_dir(parent)
@@ -565,6 +571,21 @@ mod tests {
             std::fs::read(tmp.path().join("thesis.tex")).unwrap(),
             b"precious"
         );
+    }
+
+    #[test]
+    fn a_file_given_as_the_run_directory_is_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("notes.txt");
+        std::fs::write(&file, "precious").unwrap();
+        let err = Run::open(&file).unwrap_err();
+        // It said "create run directory ...: File exists (os error 17)".
+        assert!(matches!(err, RunError::NotARun { .. }), "{err}");
+        assert!(
+            err.to_string().contains("it is a file, not a directory"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
     }
 
     #[test]
