@@ -480,13 +480,33 @@ fn a_pool_from_a_file_and_bad_pool_arguments() {
     assert_eq!(items_said(&out, "index-repo", "done (").len(), 2, "{out}");
     let out = run_pipeline(&dir, &["--jobs", "0"]);
     assert!(!out.status.success());
-    let out = run_pipeline(&tmp.path().join("other"), &["--crash-after-items", "1"]);
+    // A bad argument is refused before the run directory is made.
+    let other = tmp.path().join("other");
+    let out = run_pipeline(&other, &["--crash-after-items", "1"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--crash-after-items is for a pool"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(!other.exists());
+    let missing = tmp.path().join("no-such-list.txt");
+    let out = run_pipeline(&other, &["--repos", missing.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot read the repository list"),
+        "{stderr}"
+    );
+    assert!(!other.exists(), "{stderr}");
+    let out = run_pipeline(&other, &["--jobs", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a pool needs repositories"), "{stderr}");
+    assert!(!other.exists(), "{stderr}");
+    // A pool of one says so in the singular.
+    let one = tmp.path().join("one.txt");
+    std::fs::write(&one, format!("{}\n", repos[0])).unwrap();
+    let out = ok(run_pipeline(&other, &["--repos", one.to_str().unwrap()]));
+    assert!(out.contains("1 repository on 1 thread\n"), "{out}");
     // Crashing after no items at all is no plan: refused, not read as 1.
     let mut zero: Vec<&str> = repos.iter().flat_map(|r| ["--repo", r.as_str()]).collect();
     zero.extend(["--crash-after-items", "0"]);

@@ -99,11 +99,8 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         crash_inside: args.crash_inside.clone(),
         pause_inside: args.pause_inside.clone(),
     });
-    let run = match &args.store {
-        Some(url) => Run::builder(&args.run_dir).store(url).open()?,
-        None => Run::open(&args.run_dir)?,
-    };
-    println!("run directory: {}", run.dir().display());
+    // The arguments are checked before the run directory is made: a bad
+    // one leaves nothing behind.
     let mut repos = args.repo.clone();
     if let Some(file) = &args.repos {
         let text = std::fs::read_to_string(file)
@@ -115,15 +112,26 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .map(str::to_owned),
         );
     }
-    if repos.len() > 1 || args.repos.is_some() || args.jobs > 1 {
-        return pool(&run, &repos, &args);
+    let is_pool = repos.len() > 1 || args.repos.is_some() || args.jobs > 1;
+    if is_pool && repos.is_empty() {
+        return Err(
+            "a pool needs repositories: give --repo more than once, or --repos FILE".into(),
+        );
     }
-    if args.crash_after_items.is_some() {
+    if !is_pool && args.crash_after_items.is_some() {
         return Err(
             "--crash-after-items is for a pool of repositories (--repo given more than \
                     once, or --repos FILE)"
                 .into(),
         );
+    }
+    let run = match &args.store {
+        Some(url) => Run::builder(&args.run_dir).store(url).open()?,
+        None => Run::open(&args.run_dir)?,
+    };
+    println!("run directory: {}", run.dir().display());
+    if is_pool {
+        return pool(&run, &repos, &args);
     }
 
     // The source: a URL given, or the demo repository served on loopback.
@@ -216,14 +224,10 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 /// A pool of repositories, cloned and indexed on `--jobs` threads; writes
 /// `artifacts/pool.json` (one entry per repository, in the order given).
 fn pool(run: &Run, repos: &[String], args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    if repos.is_empty() {
-        return Err(
-            "a pool needs repositories: give --repo more than once, or --repos FILE".into(),
-        );
-    }
     println!(
-        "{} repositories on {} thread{}",
+        "{} repositor{} on {} thread{}",
         repos.len(),
+        if repos.len() == 1 { "y" } else { "ies" },
         args.jobs,
         if args.jobs == 1 { "" } else { "s" }
     );
@@ -257,7 +261,12 @@ fn pool(run: &Run, repos: &[String], args: &Args) -> Result<(), Box<dyn std::err
     }
     println!("artifacts in {}", artifacts.display());
     if failed > 0 {
-        return Err(format!("{failed} of {} repositories failed", outcomes.len()).into());
+        let noun = if outcomes.len() == 1 {
+            "repository"
+        } else {
+            "repositories"
+        };
+        return Err(format!("{failed} of {} {noun} failed", outcomes.len()).into());
     }
     Ok(())
 }
