@@ -281,3 +281,67 @@ fn the_manual_api_marks_items_done_and_lists_them() {
     }
     assert!(!Path::new(&b.marker_path()).is_dir());
 }
+
+/// Fails its first attempt; with `give_up`, every attempt.
+#[resumable_step("flaky-page", item = n)]
+#[recovery::retryable(max_attempts = 2, base = "1ms")]
+fn flaky_page(run: &Run, n: u32, give_up: bool, tries: &Mutex<Vec<u32>>) -> std::io::Result<u32> {
+    let mut tries = tries.lock().unwrap();
+    let first = !tries.contains(&n);
+    tries.push(n);
+    if first || give_up {
+        return Err(std::io::Error::other(format!("page {n} not yet")));
+    }
+    run.write_output(&format!("flaky/{n}.txt"), b"x")?;
+    Ok(n)
+}
+
+#[test]
+fn retries_inside_an_item_name_the_item() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = Run::open(tmp.path()).unwrap();
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let ctx = Context::builder().observer(recorder.clone()).build();
+    let tries = Mutex::new(Vec::new());
+    ctx.in_scope(|| {
+        assert_eq!(flaky_page(&run, 7, false, &tries).unwrap(), 7);
+        flaky_page(&run, 8, true, &tries).unwrap_err();
+    });
+    // Items run at once would otherwise print "[flaky-page] attempt 1
+    // failed" for each, with no way to tell them apart.
+    let retries: Vec<String> = recorder
+        .events()
+        .iter()
+        .filter(|e| e.kind() == "RETRY_ATTEMPTED")
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(retries.len(), 2, "{retries:?}");
+    assert!(
+        retries[0].starts_with("[flaky-page 7] attempt 1 failed: page 7 not yet"),
+        "{retries:?}"
+    );
+    assert!(
+        retries[1].starts_with("[flaky-page 8] attempt 1 failed"),
+        "{retries:?}"
+    );
+    // The run's own log keeps the item, and so does the give-up record.
+    let logged = run.events().unwrap().records;
+    let items: Vec<_> = logged
+        .iter()
+        .filter(|e| e.kind() == "RETRY_ATTEMPTED")
+        .map(|e| e.item().cloned())
+        .collect();
+    assert_eq!(
+        items,
+        [Some(serde_json::json!(7)), Some(serde_json::json!(8))]
+    );
+    let gave_up: Vec<_> = run
+        .issues()
+        .unwrap()
+        .records
+        .into_iter()
+        .filter(|i| i.error_code == recovery::IssueCode::MaxRetriesExceeded)
+        .collect();
+    assert_eq!(gave_up.len(), 1, "{gave_up:?}");
+    assert_eq!(gave_up[0].item, Some(serde_json::json!(8)));
+}

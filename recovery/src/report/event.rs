@@ -20,6 +20,10 @@ pub enum Event {
     RetryAttempted {
         /// The operation's name (the function's, unless `name = ...`).
         operation: String,
+        /// When the retrying code runs in the body of an item of a step
+        /// family, that item as JSON.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<Value>,
         /// The number of the attempt that failed, 1 for the first call.
         attempt: u32,
         /// The error's `Display` text.
@@ -80,11 +84,12 @@ impl Event {
         }
     }
 
-    /// The item, for an event about an item of a family.
+    /// The item, for an event about an item of a family (for a retry, the
+    /// item in whose body it was made).
     pub fn item(&self) -> Option<&Value> {
         match self {
-            Event::RetryAttempted { .. } => None,
-            Event::StepResumed { item, .. }
+            Event::RetryAttempted { item, .. }
+            | Event::StepResumed { item, .. }
             | Event::StepCompleted { item, .. }
             | Event::MarkerInvalid { item, .. } => item.as_ref(),
         }
@@ -164,6 +169,7 @@ mod tests {
     fn each_kind_reads_as_one_line_naming_its_subject() {
         let retry = Event::RetryAttempted {
             operation: "clone".into(),
+            item: None,
             attempt: 2,
             error: "connection reset".into(),
             delay_ns: 149_400_000,

@@ -53,7 +53,8 @@ pub struct IssueRecord {
     pub severity: Severity,
     /// The operation's name.
     pub operation: String,
-    /// For a step that is an item of a family, the item as JSON.
+    /// For a step that is an item of a family, or a retry given up in the
+    /// body of one, the item as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<serde_json::Value>,
     /// Calls made, the first included.

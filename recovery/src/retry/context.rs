@@ -34,6 +34,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use crate::report::event::Event;
 use crate::report::issue::IssueRecord;
 use crate::report::observer::Observer;
@@ -58,6 +60,9 @@ struct Inner {
     /// Numbers the jittered calls under a seeded context, so each gets its own
     /// but reproducible sequence. Shared with derived contexts.
     calls: Arc<AtomicU64>,
+    /// The item of the family step this context runs, as JSON: its retries
+    /// and give-ups name it, so items run at once can be told apart.
+    item: Option<Value>,
 }
 
 impl fmt::Debug for Context {
@@ -121,6 +126,7 @@ impl ContextBuilder {
                 sleeper: self.sleeper,
                 seed: self.seed,
                 calls: Arc::new(AtomicU64::new(0)),
+                item: None,
             }),
         }
     }
@@ -206,9 +212,11 @@ impl Context {
         f()
     }
 
-    /// The same clock, sleeper and seed sequence, with `observer` added
-    /// after this context's observers.
-    pub(crate) fn and_observer(&self, observer: Arc<dyn Observer>) -> Context {
+    /// The same clock, sleeper and seed sequence for a step's body, with
+    /// `observer` added after this context's observers; `item` is the
+    /// step's item (`None` for a plain step: a step nested in an item's
+    /// body does not inherit it).
+    pub(crate) fn for_step(&self, observer: Arc<dyn Observer>, item: Option<Value>) -> Context {
         let mut observers = self.inner.observers.clone();
         observers.push(observer);
         Context {
@@ -218,8 +226,14 @@ impl Context {
                 sleeper: self.inner.sleeper.clone(),
                 seed: self.inner.seed,
                 calls: Arc::clone(&self.inner.calls),
+                item,
             }),
         }
+    }
+
+    /// The item of the family step this context runs, if any.
+    pub(crate) fn item(&self) -> Option<&Value> {
+        self.inner.item.as_ref()
     }
 
     /// Sends an event to the observers and to `tracing`.
@@ -342,6 +356,7 @@ mod tests {
     fn retry_event(n: u32) -> Event {
         Event::RetryAttempted {
             operation: "op".into(),
+            item: None,
             attempt: n,
             error: "e".into(),
             delay_ns: 1,

@@ -231,6 +231,7 @@ impl RetryState {
             Ok(delay) => {
                 slow.ctx.emit(&Event::RetryAttempted {
                     operation: operation.to_owned(),
+                    item: slow.ctx.item().cloned(),
                     attempt: slow.failed,
                     error: error.to_string(),
                     delay_ns: nanos(delay),
@@ -244,7 +245,7 @@ impl RetryState {
                     error_code: code,
                     severity: Severity::Blocker,
                     operation: operation.to_owned(),
-                    item: None,
+                    item: slow.ctx.item().cloned(),
                     attempts: slow.failed,
                     slept_ns: nanos(slow.slept),
                     last_error: error.to_string(),

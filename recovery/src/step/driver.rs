@@ -283,8 +283,8 @@ fn start<R: StepResult>(
         instance,
         fingerprint,
     } = call;
-    let ctx = run.context(&Context::current());
     let fail = |item: Option<&Value>, e: RunError| {
+        let ctx = run.context(&Context::current(), item.cloned());
         report_failure(&ctx, def, Failed::Before(item), &e);
         Err(R::from_result(Err(e.into())))
     };
@@ -293,6 +293,8 @@ fn start<R: StepResult>(
         (Ok((_, item)), Err(e)) => return fail(item.as_ref(), e),
         (Err(e), _) => return fail(None, e),
     };
+    // Retries in the body name its item.
+    let ctx = run.context(&Context::current(), state.item().cloned());
     match ctx.in_scope(|| prepare::<R::Value>(run, def, &state, &fp, &ctx)) {
         Err(e) => fail(state.item(), e),
         Ok(Prepared::Resumed(value)) => Err(R::from_result(Ok(value))),

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::RunError;
 use crate::fs::{EntryKind, FileSystem, RealFs, atomic_write_with, is_temp, parent_of};
@@ -447,9 +448,10 @@ impl Run {
         self.store().issues()
     }
 
-    /// `outer`, with this run's logs as one more observer.
-    pub(crate) fn context(&self, outer: &Context) -> Context {
-        outer.and_observer(Arc::new(RunLogs(self.clone())))
+    /// `outer`, with this run's logs as one more observer, for the body of
+    /// a step (of `item`, for an item of a family).
+    pub(crate) fn context(&self, outer: &Context, item: Option<Value>) -> Context {
+        outer.for_step(Arc::new(RunLogs(self.clone())), item)
     }
 }
 
