@@ -16,6 +16,7 @@ use recovery::http::{StatusError, check};
 use recovery::{Classify, Context, Decision, Event, IssueRecord, Observer, Run, RunError};
 use recovery::{resumable_step, retryable};
 use recovery_suite::fake_api::{FakeApi, Reply};
+use recovery_suite::say;
 
 #[derive(Parser)]
 #[command(about = "Fetch items from a rate-limiting API on loopback; resume on a second run")]
@@ -92,11 +93,11 @@ struct Printer;
 
 impl Observer for Printer {
     fn on_event(&self, event: &Event) {
-        println!("{event}");
+        say!("{event}");
     }
 
     fn on_issue(&self, issue: &IssueRecord) {
-        println!("[{}] gave up: {}", issue.operation, issue.last_error);
+        say!("[{}] gave up: {}", issue.operation, issue.last_error);
     }
 }
 
@@ -125,7 +126,7 @@ fn main() -> std::process::ExitCode {
 
 fn client(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let api = FakeApi::start(script)?;
-    println!("a rate-limiting API on {}", api.url());
+    say!("a rate-limiting API on {}", api.url());
     let run = Run::open(&args.run_dir)?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -152,14 +153,14 @@ fn client(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut failed = 0;
     for (n, result) in (1..=args.items).zip(&results) {
         match result {
-            Ok(body) => println!("item {n}: {body}"),
+            Ok(body) => say!("item {n}: {body}"),
             Err(e) => {
                 failed += 1;
-                println!("item {n}: failed: {e}");
+                say!("item {n}: failed: {e}");
             }
         }
     }
-    println!(
+    say!(
         "{} requests made; outputs in {}",
         api.requests.lock().map(|r| r.len()).unwrap_or(0),
         run.dir().join("items").display()

@@ -12,18 +12,19 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use recovery::{Classify, Context, Event, IssueRecord, Observer, retryable};
+use recovery_suite::say;
 
 /// Prints events as they happen.
 struct Printer;
 
 impl Observer for Printer {
     fn on_event(&self, event: &Event) {
-        println!("  {event}");
+        say!("  {event}");
     }
 
     fn on_issue(&self, issue: &IssueRecord) {
         let json = serde_json::to_string(issue).unwrap_or_else(|e| e.to_string());
-        println!("  gave up: {json}");
+        say!("  gave up: {json}");
     }
 }
 
@@ -68,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .map_err(|_| format!("--drops needs a whole number, not {value:?}"))?;
             }
             "-h" | "--help" => {
-                println!(
+                say!(
                     "flaky: one retried call to a loopback server that drops connections\n\n\
                      usage: cargo run --example flaky -- [--drops N]\n\n\
                      --drops N   connections the server drops before it answers (default 3)"
@@ -84,14 +85,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::thread::spawn(move || serve(listener, drops));
 
     let ctx = Context::builder().observer(Arc::new(Printer)).build();
-    println!("fetching from {addr}; the server drops the first {drops} connections");
+    say!("fetching from {addr}; the server drops the first {drops} connections");
     match ctx.in_scope(|| fetch_greeting(addr)) {
         Ok(greeting) => {
-            println!("got: {greeting}");
+            say!("got: {greeting}");
             Ok(())
         }
         Err(e) => {
-            println!("failed after every attempt: {e}");
+            say!("failed after every attempt: {e}");
             std::process::exit(1);
         }
     }

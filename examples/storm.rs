@@ -5,12 +5,24 @@
 //!     cargo run --release --example storm -- docs/storm.svg   # and the plot
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
+use clap::Parser;
+use recovery_suite::say;
 use recovery_suite::storm::{Config, Outcome, Strategy, simulate};
 
 const CLIENTS: [u32; 8] = [10, 25, 50, 75, 100, 125, 150, 200];
 
+/// The retry-storm simulation: calls and completion time of each backoff
+/// strategy as clients contend for one resource.
+#[derive(Parser)]
+struct Args {
+    /// Also draw the table as an SVG plot, written to this file.
+    svg: Option<PathBuf>,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
     let config = Config::default();
     let mut table: Vec<(Strategy, Vec<Outcome>)> = Vec::new();
     for strategy in Strategy::ALL {
@@ -23,33 +35,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ));
     }
 
-    println!(
-        "work {:?} per write, base {:?}, cap {:?}, seed {}",
+    let mut text = format!(
+        "work {:?} per write, base {:?}, cap {:?}, seed {}\n\n| clients |",
         config.work, config.base, config.cap, config.seed
     );
-    println!();
-    print!("| clients |");
     for (s, _) in &table {
-        print!(" {} calls | {} time (s) |", s.name(), s.name());
+        write!(text, " {} calls | {} time (s) |", s.name(), s.name())?;
     }
-    println!();
-    print!("|---:|");
+    text.push_str("\n|---:|");
     for _ in &table {
-        print!("---:|---:|");
+        text.push_str("---:|---:|");
     }
-    println!();
     for (i, n) in CLIENTS.iter().enumerate() {
-        print!("| {n} |");
+        write!(text, "\n| {n} |")?;
         for (_, outcomes) in &table {
             let o = outcomes[i];
-            print!(" {} | {:.2} |", o.calls, o.completion.as_secs_f64());
+            write!(text, " {} | {:.2} |", o.calls, o.completion.as_secs_f64())?;
         }
-        println!();
     }
+    say!("{text}");
 
-    if let Some(path) = std::env::args().nth(1) {
-        std::fs::write(&path, svg(&table))?;
-        eprintln!("wrote {path}");
+    if let Some(path) = &args.svg {
+        std::fs::write(path, svg(&table))
+            .map_err(|e| format!("cannot write the plot to {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -516,3 +516,26 @@ fn a_pool_from_a_file_and_bad_pool_arguments() {
     assert!(stderr.contains("--crash-after-items"), "{stderr}");
     assert!(!tmp.path().join("zero").exists(), "{stderr}");
 }
+
+#[test]
+fn a_reader_that_goes_away_does_not_stop_the_job() {
+    // `cargo run --example pipeline | head -1`: the pipe closes after the
+    // first line, and the job panicked at its next `println!`.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut child = pipeline()
+        .arg("--run-dir")
+        .arg(&dir)
+        .arg("--simulate-failure")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The job went on, unheard, and did all its work.
+    assert_eq!(artifacts(&dir), artifacts(&reference().1));
+}

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use recovery::Run;
+use recovery_suite::say;
 
 /// Where in the pipeline a crash may happen.
 #[derive(Clone, Copy, Debug)]
@@ -48,11 +49,11 @@ pub fn maybe(run: &Run, point: Point) {
         Point::After(step) => (plan.crash_after.as_deref() == Some(step), false),
     };
     if crash {
-        println!("crashing {point:?} (SIGKILL)");
+        say!("crashing {point:?} (SIGKILL)");
         kill_self();
     }
     if pause {
-        println!("pausing {point:?}: waiting to be killed");
+        say!("pausing {point:?}: waiting to be killed");
         let _ = std::fs::write(pause_file(run), b"paused");
         std::thread::sleep(Duration::from_secs(600));
     }

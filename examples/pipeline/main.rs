@@ -26,6 +26,7 @@ use std::sync::atomic::AtomicU32;
 
 use clap::Parser;
 use recovery::{Context, Run};
+use recovery_suite::say;
 
 use crate::crash::Point;
 use crate::report::Progress;
@@ -129,7 +130,7 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(url) => Run::builder(&args.run_dir).store(url).open()?,
         None => Run::open(&args.run_dir)?,
     };
-    println!("run directory: {}", run.dir().display());
+    say!("run directory: {}", run.dir().display());
     if is_pool {
         return pool(&run, &repos, &args);
     }
@@ -148,14 +149,14 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let server = source::serve(&base)?;
             let addr = if args.simulate_failure {
                 let (proxy, _) = proxy::start(server, args.drops)?;
-                println!(
+                say!(
                     "serving the demo repository on {server}, through a flaky proxy on {proxy} \
                      that drops the first {} connections",
                     args.drops
                 );
                 proxy
             } else {
-                println!("serving the demo repository on {server}");
+                say!("serving the demo repository on {server}");
                 server
             };
             // Its HEAD is asked of the repository itself, not through the
@@ -199,10 +200,10 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     recovery::atomic_write(&artifacts.join("recovery_log.json"), &json)?;
 
     let summary = result?;
-    println!();
+    say!();
     for step in &log.steps {
         let retries = step.attempts.len();
-        println!(
+        say!(
             "  {:<9} {:<8} {} retr{}",
             step.step,
             step.outcome,
@@ -210,21 +211,21 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             if retries == 1 { "y" } else { "ies" }
         );
     }
-    println!(
+    say!(
         "commit {}: {} files, {} lines, {} bytes",
         &summary.commit[..summary.commit.len().min(12)],
         summary.files,
         summary.lines,
         summary.bytes
     );
-    println!("artifacts in {}", artifacts.display());
+    say!("artifacts in {}", artifacts.display());
     Ok(())
 }
 
 /// A pool of repositories, cloned and indexed on `--jobs` threads; writes
 /// `artifacts/pool.json` (one entry per repository, in the order given).
 fn pool(run: &Run, repos: &[String], args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    println!(
+    say!(
         "{} repositor{} on {} thread{}",
         repos.len(),
         if repos.len() == 1 { "y" } else { "ies" },
@@ -251,15 +252,15 @@ fn pool(run: &Run, repos: &[String], args: &Args) -> Result<(), Box<dyn std::err
     json.push(b'\n');
     recovery::atomic_write(&artifacts.join("pool.json"), &json)?;
     let failed = outcomes.iter().filter(|o| o.outcome != "done").count();
-    println!();
+    say!();
     for o in &outcomes {
         match (&o.index, &o.error) {
-            (Some(i), _) => println!("  {:<40} {} files, {} lines", o.repo, i.files, i.lines),
-            (None, Some(e)) => println!("  {:<40} failed: {e}", o.repo),
-            (None, None) => println!("  {:<40} {}", o.repo, o.outcome),
+            (Some(i), _) => say!("  {:<40} {} files, {} lines", o.repo, i.files, i.lines),
+            (None, Some(e)) => say!("  {:<40} failed: {e}", o.repo),
+            (None, None) => say!("  {:<40} {}", o.repo, o.outcome),
         }
     }
-    println!("artifacts in {}", artifacts.display());
+    say!("artifacts in {}", artifacts.display());
     if failed > 0 {
         let noun = if outcomes.len() == 1 {
             "repository"

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use recovery::{Context, Run, Step, resumable_step, retryable};
+use recovery_suite::say;
 use serde::Serialize;
 
 use crate::crash;
@@ -152,7 +153,7 @@ fn one(run: &Run, repo: &str, planned: Option<&(u32, Mutex<u32>)>) -> RepoOutcom
             *count += 1;
             if *count >= k {
                 let items = if k == 1 { "item" } else { "items" };
-                println!("crashing after {k} {items} (SIGKILL)");
+                say!("crashing after {k} {items} (SIGKILL)");
                 crash::kill_self();
             }
         }

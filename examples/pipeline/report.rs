@@ -6,6 +6,7 @@ use std::sync::{Mutex, OnceLock};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use recovery::{Event, IssueCode, IssueRecord, Observer};
+use recovery_suite::say;
 use serde::Serialize;
 
 /// Prints each step and each retry as it happens, and keeps the events for
@@ -70,7 +71,7 @@ impl Progress {
     fn line(&self, text: String) {
         match self.bar.get() {
             Some(b) => b.bar.println(text),
-            None => println!("{text}"),
+            None => say!("{text}"),
         }
     }
 }

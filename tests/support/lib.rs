@@ -15,6 +15,17 @@ pub mod unsynced;
 
 pub use unsynced::Unsynced;
 
+/// `println!` for the examples, whose output is often piped (`| head`):
+/// a reader gone away is no failure of the job, which goes on unheard
+/// (`println!` panics there). What the job makes is in its files.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// An error whose transience is scripted by the test.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlakyError {
