@@ -16,7 +16,7 @@ use recovery::http::{StatusError, check};
 use recovery::{Classify, Context, Decision, Event, IssueRecord, Observer, Run, RunError};
 use recovery::{resumable_step, retryable};
 use recovery_suite::fake_api::{FakeApi, Reply};
-use recovery_suite::say;
+use recovery_suite::{count, say};
 
 #[derive(Parser)]
 #[command(about = "Fetch items from a rate-limiting API on loopback; resume on a second run")]
@@ -161,12 +161,16 @@ fn client(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     say!(
-        "{} requests made; outputs in {}",
-        api.requests.lock().map(|r| r.len()).unwrap_or(0),
+        "{} made; outputs in {}",
+        count(
+            api.requests.lock().map(|r| r.len() as u64).unwrap_or(0),
+            "request",
+            "requests"
+        ),
         run.dir().join("items").display()
     );
     if failed > 0 {
-        return Err(format!("{failed} items failed").into());
+        return Err(format!("{} failed", count(failed as u64, "item", "items")).into());
     }
     Ok(())
 }

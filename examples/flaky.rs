@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use recovery::{Classify, Context, Event, IssueRecord, Observer, retryable};
-use recovery_suite::say;
+use recovery_suite::{count, say};
 
 /// Prints events as they happen.
 struct Printer;
@@ -85,7 +85,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::thread::spawn(move || serve(listener, drops));
 
     let ctx = Context::builder().observer(Arc::new(Printer)).build();
-    say!("fetching from {addr}; the server drops the first {drops} connections");
+    say!(
+        "fetching from {addr}; the server drops the first {}",
+        count(drops, "connection", "connections")
+    );
     match ctx.in_scope(|| fetch_greeting(addr)) {
         Ok(greeting) => {
             say!("got: {greeting}");

@@ -507,6 +507,8 @@ fn a_pool_from_a_file_and_bad_pool_arguments() {
     std::fs::write(&one, format!("{}\n", repos[0])).unwrap();
     let out = ok(run_pipeline(&other, &["--repos", one.to_str().unwrap()]));
     assert!(out.contains("1 repository on 1 thread\n"), "{out}");
+    // Its one repository has one file of one line.
+    assert!(out.contains(" 1 file, 1 line\n"), "{out}");
     // Crashing after no items at all is no plan: refused, not read as 1.
     let mut zero: Vec<&str> = repos.iter().flat_map(|r| ["--repo", r.as_str()]).collect();
     zero.extend(["--crash-after-items", "0"]);

@@ -26,7 +26,7 @@ use std::sync::atomic::AtomicU32;
 
 use clap::Parser;
 use recovery::{Context, Run};
-use recovery_suite::say;
+use recovery_suite::{count, say};
 
 use crate::crash::Point;
 use crate::report::Progress;
@@ -151,8 +151,8 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let (proxy, _) = proxy::start(server, args.drops)?;
                 say!(
                     "serving the demo repository on {server}, through a flaky proxy on {proxy} \
-                     that drops the first {} connections",
-                    args.drops
+                     that drops the first {}",
+                    count(args.drops, "connection", "connections")
                 );
                 proxy
             } else {
@@ -202,21 +202,15 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let summary = result?;
     say!();
     for step in &log.steps {
-        let retries = step.attempts.len();
-        say!(
-            "  {:<9} {:<8} {} retr{}",
-            step.step,
-            step.outcome,
-            retries,
-            if retries == 1 { "y" } else { "ies" }
-        );
+        let retries = count(step.attempts.len() as u64, "retry", "retries");
+        say!("  {:<9} {:<8} {retries}", step.step, step.outcome);
     }
     say!(
-        "commit {}: {} files, {} lines, {} bytes",
+        "commit {}: {}, {}, {}",
         &summary.commit[..summary.commit.len().min(12)],
-        summary.files,
-        summary.lines,
-        summary.bytes
+        count(summary.files, "file", "files"),
+        count(summary.lines, "line", "lines"),
+        count(summary.bytes, "byte", "bytes")
     );
     say!("artifacts in {}", artifacts.display());
     Ok(())
@@ -226,11 +220,9 @@ fn pipeline(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 /// `artifacts/pool.json` (one entry per repository, in the order given).
 fn pool(run: &Run, repos: &[String], args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     say!(
-        "{} repositor{} on {} thread{}",
-        repos.len(),
-        if repos.len() == 1 { "y" } else { "ies" },
-        args.jobs,
-        if args.jobs == 1 { "" } else { "s" }
+        "{} on {}",
+        count(repos.len() as u64, "repository", "repositories"),
+        count(args.jobs, "thread", "threads")
     );
     let progress = Arc::new(Progress::default());
     progress.bar_for("index-repo", repos.len() as u64);
@@ -255,19 +247,20 @@ fn pool(run: &Run, repos: &[String], args: &Args) -> Result<(), Box<dyn std::err
     say!();
     for o in &outcomes {
         match (&o.index, &o.error) {
-            (Some(i), _) => say!("  {:<40} {} files, {} lines", o.repo, i.files, i.lines),
+            (Some(i), _) => say!(
+                "  {:<40} {}, {}",
+                o.repo,
+                count(i.files, "file", "files"),
+                count(i.lines, "line", "lines")
+            ),
             (None, Some(e)) => say!("  {:<40} failed: {e}", o.repo),
             (None, None) => say!("  {:<40} {}", o.repo, o.outcome),
         }
     }
     say!("artifacts in {}", artifacts.display());
     if failed > 0 {
-        let noun = if outcomes.len() == 1 {
-            "repository"
-        } else {
-            "repositories"
-        };
-        return Err(format!("{failed} of {} {noun} failed", outcomes.len()).into());
+        let all = count(outcomes.len() as u64, "repository", "repositories");
+        return Err(format!("{failed} of {all} failed").into());
     }
     Ok(())
 }

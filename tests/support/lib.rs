@@ -15,6 +15,13 @@ pub mod unsynced;
 
 pub use unsynced::Unsynced;
 
+/// `n` and the noun that agrees with it: `count(1, "file", "files")` is
+/// "1 file", `count(4, "file", "files")` "4 files".
+pub fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `println!` for the examples, whose output is often piped (`| head`):
 /// a reader gone away is no failure of the job, which goes on unheard
 /// (`println!` panics there). What the job makes is in its files.
